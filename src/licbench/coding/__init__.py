@@ -1,0 +1,1 @@
+"""Bitstreams: the container file format and image compress/decompress."""

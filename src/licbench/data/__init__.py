@@ -1,0 +1,1 @@
+"""Datasets: sources, verified download or mirror copy, manifest, image loading."""

@@ -1,0 +1,189 @@
+"""The ``datasets`` stage: fetch a set, verify every file, write its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ..errors import ChecksumError, DownloadError, ImageError
+from ..fileio import atomic_path, sha256_file
+from .download import copy_verified, download_first, save_stream_verified
+from .sources import DatasetSource
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),  # relative to the data root, e.g. "kodak/kodim01.png"
+        ("split", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+def _present(path: Path, expected_sha: str) -> bool:
+    return path.is_file() and sha256_file(path) == expected_sha
+
+
+def _list_missing(names: list[str], where: str, limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{where} lacks {len(names)} file(s): {shown}{more}"
+
+
+def fetch_from_mirror(source: DatasetSource, mirror: Path, out_dir: Path) -> None:
+    root = mirror / source.name
+    missing = [f.relpath for f in source.files if not (root / f.relpath).is_file()]
+    if missing:
+        raise DownloadError(_list_missing(missing, f"mirror {root}"))
+    for f in source.files:
+        dest = out_dir / f.relpath
+        if not _present(dest, f.sha256):
+            copy_verified(root / f.relpath, dest, f.sha256)
+
+
+def fetch_files(source: DatasetSource, out_dir: Path) -> None:
+    for f in source.files:
+        dest = out_dir / f.relpath
+        if not _present(dest, f.sha256):
+            download_first([base + f.relpath for base in source.file_urls], dest, f.sha256)
+
+
+def extract_archive(source: DatasetSource, archive: Path, out_dir: Path) -> None:
+    """Keep the expected members of ``archive``, each verified before it is renamed."""
+    expected = {source.archive_prefix + f.relpath: f for f in source.files}
+    todo = {name for name, f in expected.items() if not _present(out_dir / f.relpath, f.sha256)}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                if member.name not in todo or not member.isfile():
+                    continue
+                f = expected[member.name]
+                stream = tar.extractfile(member)
+                save_stream_verified(stream, out_dir / f.relpath, f.sha256, f"{archive}:{member.name}")
+                todo.discard(member.name)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DownloadError(f"{archive}: damaged archive ({exc}); delete it to download again") from None
+    if todo:
+        names = sorted(n[len(source.archive_prefix):] for n in todo)
+        raise DownloadError(_list_missing(names, f"archive {archive}"))
+
+
+def fetch_archive(source: DatasetSource, out_dir: Path, cache_dir: Path) -> None:
+    archive = cache_dir / source.archive_name
+    if not archive.is_file():
+        log.info("downloading %s to %s", source.archive_name, cache_dir)
+        download_first(source.archive_urls, archive)
+    try:
+        extract_archive(source, archive, out_dir)
+    except ChecksumError:
+        # The members are pinned, the archive is not: a bad member means a bad
+        # archive, so drop it and let the next run fetch it again.
+        archive.unlink(missing_ok=True)
+        raise
+
+
+def build_manifest(source: DatasetSource, out_dir: Path, data_root: Path) -> pa.Table:
+    rows = {name: [] for name in MANIFEST_SCHEMA.names}
+    for f in sorted(source.files, key=lambda f: f.relpath):
+        path = out_dir / f.relpath
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{path}: cannot read image header: {exc}") from None
+        rows["path"].append(path.relative_to(data_root).as_posix())
+        rows["split"].append(source.split_of(f.relpath))
+        rows["width"].append(width)
+        rows["height"].append(height)
+        rows["bytes"].append(path.stat().st_size)
+        rows["sha256"].append(f.sha256)
+    metadata = {"dataset": source.name, "citation": source.citation}
+    return pa.Table.from_pydict(rows, schema=MANIFEST_SCHEMA.with_metadata(metadata))
+
+
+def write_manifest(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DownloadError(f"{path}: manifest not found; run the datasets stage first") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DownloadError(f"{path}: not a readable Parquet manifest: {exc}") from None
+    missing = set(MANIFEST_SCHEMA.names) - set(table.column_names)
+    if missing:
+        raise DownloadError(f"{path}: manifest lacks column(s) {sorted(missing)}")
+    return table
+
+
+def manifest_digest(table: pa.Table) -> str:
+    """A hash of what the manifest lists (paths and file hashes), independent of
+    how Parquet happened to encode it."""
+    h = hashlib.sha256()
+    for path, digest in sorted(zip(table["path"].to_pylist(), table["sha256"].to_pylist())):
+        h.update(f"{path}\t{digest}\n".encode())
+    return h.hexdigest()
+
+
+def prepare_dataset(
+    source: DatasetSource,
+    data_root: str | Path,
+    manifest_path: str | Path,
+    *,
+    mirror: Path | None = None,
+    cache_dir: Path | None = None,
+) -> pa.Table:
+    """Fetch ``source`` into ``data_root/<name>/``, verify it, write its manifest.
+
+    With ``mirror``, files are read from ``mirror/<name>/<relpath>`` instead of
+    the real URLs, and verified against the same sha256.
+    """
+    data_root = Path(data_root)
+    out_dir = data_root / source.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if mirror is not None:
+        log.info("%s: reading %d files from mirror %s", source.name, len(source.files), mirror)
+        fetch_from_mirror(source, mirror, out_dir)
+    elif source.file_urls:
+        log.info("%s: downloading %d files", source.name, len(source.files))
+        fetch_files(source, out_dir)
+    else:
+        fetch_archive(source, out_dir, cache_dir or default_cache_dir())
+    table = build_manifest(source, out_dir, data_root)
+    write_manifest(table, Path(manifest_path))
+    log.info("%s: %d files verified, manifest %s", source.name, table.num_rows, manifest_path)
+    return table
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LICBENCH_CACHE", Path.home() / ".cache" / "licbench"))
+
+
+def run_datasets_stage(params: dict, name: str, data_root: str | Path = "data") -> pa.Table:
+    """What ``stages/datasets.py`` runs: one set, from the mirror or the real URLs."""
+    from ..params import resolve_mirror
+    from .sources import get_source
+
+    cfg = params.get("datasets") or {}
+    if name not in cfg.get("sets", []):
+        log.warning("%s is not in params.yaml datasets.sets; preparing it anyway", name)
+    mirror = resolve_mirror(cfg.get("mirror"))
+    data_root = Path(data_root)
+    return prepare_dataset(
+        get_source(name), data_root, data_root / "manifests" / f"{name}.parquet", mirror=mirror
+    )

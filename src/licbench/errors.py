@@ -1,0 +1,29 @@
+"""Errors that name the file and the problem, for bad input of any kind."""
+
+
+class LicbenchError(Exception):
+    """Base class: every error the pipeline raises on purpose."""
+
+
+class DownloadError(LicbenchError):
+    """A source could not be fetched (network, HTTP status, missing mirror file)."""
+
+
+class ChecksumError(LicbenchError):
+    """A file's sha256 differs from the published one; the file was not kept."""
+
+
+class ImageError(LicbenchError):
+    """An image that cannot be read or used (unreadable, truncated, too large)."""
+
+
+class FormatError(LicbenchError):
+    """A bitstream file that is not a valid licbench container."""
+
+
+class CheckpointError(LicbenchError):
+    """A checkpoint that cannot be loaded (missing, damaged, wrong content)."""
+
+
+class ConfigError(LicbenchError):
+    """Invalid settings in params.yaml or on the command line."""

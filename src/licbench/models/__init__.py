@@ -1,0 +1,166 @@
+"""Architectures by name, and checkpoints that load without unpickling code.
+
+CompressAI's reference architectures are used as they are. Each entry records
+the constructor and the spatial factor an input must be a multiple of.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from compressai.models import (
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+
+from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_path
+
+CHECKPOINT_FORMAT = "licbench-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[..., torch.nn.Module]
+    config_keys: tuple[str, ...]
+    pad_multiple: int  # total downsampling of the analysis and hyper-analysis transforms
+    n_streams: int  # entropy-coded streams per image (latent, hyper-latent, ...)
+    reference: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            "bmshj2018-factorized", FactorizedPrior, ("N", "M"), 16, 1,
+            "Balle, Minnen, Singh, Hwang, Johnston, ICLR 2018 (factorized prior)",
+        ),
+        Architecture(
+            "bmshj2018-hyperprior", ScaleHyperprior, ("N", "M"), 64, 2,
+            "Balle, Minnen, Singh, Hwang, Johnston, ICLR 2018 (scale hyperprior)",
+        ),
+        Architecture(
+            "mbt2018-mean", MeanScaleHyperprior, ("N", "M"), 64, 2,
+            "Minnen, Balle, Toderici, NeurIPS 2018 (mean-scale hyperprior)",
+        ),
+        Architecture(
+            "mbt2018", JointAutoregressiveHierarchicalPriors, ("N", "M"), 64, 2,
+            "Minnen, Balle, Toderici, NeurIPS 2018 (joint autoregressive and hierarchical priors)",
+        ),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown architecture '{name}'; known: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+def build_model(arch: str, config: dict) -> torch.nn.Module:
+    spec = get_architecture(arch)
+    missing = [k for k in spec.config_keys if k not in config]
+    unknown = [k for k in config if k not in spec.config_keys]
+    if missing or unknown:
+        raise ConfigError(
+            f"architecture '{arch}' takes {list(spec.config_keys)}; "
+            f"missing {missing}, unknown {unknown}"
+        )
+    return spec.build(**{k: int(config[k]) for k in spec.config_keys})
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over parameter names, dtypes, shapes and values, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    config: dict
+    lmbda: float
+    model: torch.nn.Module
+    weights_sha256: str
+    meta: dict
+
+    @property
+    def key(self) -> str:
+        return model_key(self.arch, self.lmbda)
+
+
+def model_key(arch: str, lmbda: float) -> str:
+    """The name of a trained model: architecture and lambda, as in dvc.yaml paths."""
+    return f"{arch}-{float(lmbda)!r}"
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, config: dict,
+                    lmbda: float, meta: dict | None = None) -> str:
+    """Write a checkpoint atomically; return the weights' sha256.
+
+    Only tensors, numbers and strings are stored, so it loads with
+    ``torch.load(weights_only=True)``. Call ``model.update()`` first so the
+    stored CDF tables can drive the entropy coder.
+    """
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    digest = weights_digest(state)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "config": {k: int(v) for k, v in config.items()},
+        "lmbda": float(lmbda),
+        "weights_sha256": digest,
+        "meta": dict(meta or {}),
+        "state_dict": state,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return digest
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # torch reports damage and pickled code in many ways
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a licbench checkpoint")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload['version']} is newer than this "
+            f"licbench reads ({CHECKPOINT_VERSION})"
+        )
+    try:
+        model = build_model(payload["arch"], payload["config"])
+        state = payload["state_dict"]
+        model.load_state_dict(state)
+    except (ConfigError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture: {exc}") from None
+    digest = weights_digest(state)
+    if digest != payload.get("weights_sha256"):
+        raise CheckpointError(f"{path}: weights hash mismatch; the file is damaged")
+    model.to(device).eval()
+    return Checkpoint(payload["arch"], payload["config"], payload["lmbda"], model, digest,
+                      payload.get("meta", {}))

@@ -1,0 +1,72 @@
+"""MLflow: one run per trained model, found again by its weights' hash.
+
+The default store is a SQLite file in the working directory, so
+``mlflow ui --backend-store-uri sqlite:///mlruns.db`` shows every run;
+``MLFLOW_TRACKING_URI`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+TAG_MODEL_KEY = "licbench.model_key"
+TAG_WEIGHTS = "licbench.weights_sha256"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at the tracking store and experiment; return the experiment id."""
+    # MLflow is slow to import; only the stages that log pay for it.
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        return experiment.experiment_id
+    artifact_location = None
+    if uri == DEFAULT_TRACKING_URI:
+        # Keep artifacts beside the database, wherever `mlflow ui` is started from.
+        artifact_location = Path("mlartifacts").resolve().as_uri()
+    experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def find_model_run(experiment_id: str, weights_sha256: str) -> str | None:
+    """The newest run that logged the model with these weights, if any."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{TAG_WEIGHTS}` = '{weights_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def git_commit(cwd: str | os.PathLike = ".") -> str:
+    """HEAD's commit, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")

@@ -1,0 +1,20 @@
+"""DVC stage `datasets@<set>`: fetch one dataset, verify it, write its manifest."""
+
+import argparse
+
+from licbench.data.datasets import run_datasets_stage
+from licbench.entry import run_main
+from licbench.params import load_params
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", help="dataset name, e.g. kodak or bsds500")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    run_datasets_stage(load_params(args.params), args.dataset, args.data_root)
+
+
+if __name__ == "__main__":
+    run_main(main)

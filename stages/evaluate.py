@@ -1,0 +1,24 @@
+"""DVC stage `evaluate@<arch>-<lambda>-<set>`: code a set to bitstream files, decode, measure."""
+
+import argparse
+
+from licbench.entry import run_main
+from licbench.evaluate import run_evaluate_stage
+from licbench.params import load_params
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--out", required=True, help="output folder: bitstreams/ and per_image.parquet")
+    parser.add_argument("--summary", required=True, help="output summary metrics (JSON)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    run_evaluate_stage(load_params(args.params), args.checkpoint, args.dataset,
+                       args.out, args.summary, args.data_root)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,24 @@
+"""DVC stage `train@<arch>-<lambda>`: train one model, write its checkpoint."""
+
+import argparse
+
+from licbench.entry import run_main
+from licbench.params import load_params
+from licbench.train import run_train_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--lmbda", type=float, required=True, help="rate-distortion trade-off")
+    parser.add_argument("--checkpoint", required=True, help="output checkpoint path")
+    parser.add_argument("--summary", required=True, help="output training summary (JSON)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    run_train_stage(load_params(args.params), args.arch, args.lmbda,
+                    args.checkpoint, args.summary, args.data_root)
+
+
+if __name__ == "__main__":
+    run_main(main)

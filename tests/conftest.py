@@ -1,0 +1,91 @@
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_mirror() -> Path | None:
+    value = os.environ.get("LICBENCH_MIRROR")
+    candidates = [Path(value)] if value else []
+    candidates.append(REPO.parent / "shared" / "data" / "mirror")
+    for c in candidates:
+        if (c / "kodak").is_dir():
+            return c.resolve()
+    return None
+
+
+# Read before any test's monkeypatch clears the variable.
+MIRROR = find_mirror()
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    m = MIRROR
+    if m is None:
+        pytest.skip("no dataset mirror: set LICBENCH_MIRROR (CI sets it to ../shared/data/mirror)")
+    return m
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    # Tests choose their mirror and tracking store explicitly.
+    monkeypatch.delenv("LICBENCH_MIRROR", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    monkeypatch.setenv("LICBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def kodak_pair(mirror) -> list[Path]:
+    return [mirror / "kodak" / "kodim01.png", mirror / "kodak" / "kodim04.png"]
+
+
+class FileServer:
+    """A local HTTP server: routes map a path to (status, body) or a list of
+    responses served one per request (the last one repeats)."""
+
+    def __init__(self):
+        self.routes: dict[str, list[tuple[int, bytes]]] = {}
+        self.hits: dict[str, int] = {}
+        routes, hits = self.routes, self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits[self.path] = hits.get(self.path, 0) + 1
+                responses = routes.get(self.path, [(404, b"not found")])
+                status, body = responses[min(hits[self.path], len(responses)) - 1]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from licbench.coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
+from licbench.coding.container import decode_container, encode_container
+from licbench.data.images import load_rgb8
+from licbench.errors import FormatError
+from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
+
+
+def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
+    torch.manual_seed(seed)
+    model = build_model(arch, {"N": 16, "M": 24}).eval()
+    model.update(force=True)
+    path = tmp_path / f"{arch}.pt"
+    save_checkpoint(path, model, arch, {"N": 16, "M": 24}, 0.01)
+    return load_checkpoint(path)
+
+
+def encoder_side_latent(ckpt, x):
+    """The quantized latent the encoder codes, for the non-autoregressive models."""
+    m = ckpt.model
+    y = m.g_a(x)
+    if ckpt.arch == "bmshj2018-factorized":
+        return m.entropy_bottleneck.quantize(y, "dequantize", m.entropy_bottleneck._get_medians())
+    z = m.h_a(torch.abs(y) if ckpt.arch == "bmshj2018-hyperprior" else y)
+    z_hat = m.entropy_bottleneck.decompress(m.entropy_bottleneck.compress(z), z.shape[-2:])
+    if ckpt.arch == "bmshj2018-hyperprior":
+        return m.gaussian_conditional.quantize(y, "dequantize")
+    _, means = m.h_s(z_hat).chunk(2, 1)
+    return m.gaussian_conditional.quantize(y, "dequantize", means)
+
+
+@pytest.fixture(scope="module")
+def crop(mirror):
+    return load_rgb8(mirror / "kodak" / "kodim23.png").array[100:170, 300:350]  # 70 x 50
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_round_trip_through_the_container(arch, crop, tmp_path):
+    ckpt = tiny_checkpoint(arch, tmp_path)
+    bs = compress_image(ckpt, crop)
+    assert (bs.height, bs.width) == crop.shape[:2]
+    data = encode_container(bs)
+    captured = {}
+
+    def capture(module, inputs, output):
+        captured.setdefault("y_hat", inputs[0])
+
+    hook = ckpt.model.g_s.register_forward_hook(capture)
+    decoded = decompress_image(ckpt, decode_container(data))
+    hook.remove()
+    assert decoded.shape == crop.shape and decoded.dtype == np.uint8
+    if arch != "mbt2018":
+        x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
+        with torch.no_grad():
+            expected = encoder_side_latent(ckpt, x)
+        # Entropy coding is lossless: the decoder sees exactly the encoder's latent.
+        assert torch.equal(captured["y_hat"], expected)
+    # Decoding is deterministic.
+    np.testing.assert_array_equal(decoded, decompress_image(ckpt, decode_container(data)))
+
+
+def test_wrong_model_is_refused(crop, tmp_path):
+    a = tiny_checkpoint("mbt2018-mean", tmp_path / "a", seed=0)
+    b = tiny_checkpoint("mbt2018-mean", tmp_path / "b", seed=1)
+    bs = compress_image(a, crop)
+    with pytest.raises(FormatError, match="made by mbt2018-mean weights"):
+        decompress_image(b, bs, "x.lic")
+
+
+def test_latent_shape_inconsistent_with_size_is_refused(crop, tmp_path):
+    from dataclasses import replace
+
+    ckpt = tiny_checkpoint("mbt2018-mean", tmp_path)
+    bs = compress_image(ckpt, crop)
+    with pytest.raises(FormatError, match="do not match"):
+        decompress_image(ckpt, replace(bs, shape=(4000, 4000)), "x.lic")
+    with pytest.raises(FormatError, match="1 streams"):
+        decompress_image(ckpt, replace(bs, streams=bs.streams[:1]), "x.lic")
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    import collections
+
+    from licbench.errors import CheckpointError
+
+    torch.save({"format": "licbench-checkpoint", "evil": collections.OrderedDict(a=print)},
+               tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt: not a loadable weights-only checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")

@@ -1,0 +1,98 @@
+"""Each stage function on small inputs: 2 Kodak images, a tiny model, a few steps."""
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from licbench.data.datasets import prepare_dataset
+from licbench.data.images import load_rgb8
+from licbench.data.sources import kodak
+from licbench.evaluate import run_evaluate_stage
+from licbench.coding.codec import decompress_image
+from licbench.coding.container import read_bitstream
+from licbench.metrics import bpp_from_bytes, ms_ssim, psnr
+from licbench.models import load_checkpoint
+from licbench.train import TrainConfig, run_train_stage, train_model
+
+PARAMS = {
+    "datasets": {"sets": ["kodak"]},
+    "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
+    "train": {"dataset": "kodak", "split": "test", "steps": 4, "batch_size": 2, "crop": 64,
+              "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 2},
+    "evaluate": {"device": "cpu", "max_images": 2},
+    "mlflow": {"experiment": "test"},
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(mirror, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
+    return root
+
+
+@pytest.fixture
+def trained(data_root, tmp_path):
+    ckpt_path = tmp_path / "models" / "m" / "checkpoint.pt"
+    summary = run_train_stage(PARAMS, "mbt2018-mean", 0.01, ckpt_path,
+                              tmp_path / "models" / "m" / "train.json", data_root)
+    return ckpt_path, summary
+
+
+def test_train_stage_writes_a_codec_ready_checkpoint(trained, tmp_path):
+    ckpt_path, summary = trained
+    assert json.loads((tmp_path / "models/m/train.json").read_text()) == summary
+    assert summary["steps"] == 4 and math.isfinite(summary["final"]["loss"])
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt.arch == "mbt2018-mean" and ckpt.lmbda == 0.01
+    assert ckpt.weights_sha256 == summary["weights_sha256"]
+    # The CDF tables were updated before saving: the model can code at once.
+    assert ckpt.model.gaussian_conditional._quantized_cdf.numel() > 0
+    run = mlflow.search_runs(experiment_names=["test"], output_format="list")[0]
+    assert run.data.params["lambda"] == "0.01" and run.data.params["N"] == "16"
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/bpp")
+    assert [m.step for m in history] == [2, 4]
+
+
+def test_training_is_repeatable_with_a_seed(data_root, tmp_path):
+    images = [load_rgb8(data_root / "kodak" / f"kodim0{i}.png").array for i in (1, 2)]
+    cfg = TrainConfig(steps=3, batch_size=2, crop=64, seed=5, device="cpu", lr=1e-3)
+    a = train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, images, tmp_path / "a.pt")
+    b = train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, images, tmp_path / "b.pt")
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
+    ckpt_path, train_summary = trained
+    ckpt = load_checkpoint(ckpt_path)
+    out = tmp_path / "eval"
+    summary = run_evaluate_stage(PARAMS, ckpt_path, "kodak", out, tmp_path / "metrics.json", data_root)
+    rows = pq.read_table(out / "per_image.parquet").to_pylist()
+    assert [r["image"] for r in rows] == ["kodak/kodim01.png", "kodak/kodim02.png"]
+    for r in rows:
+        size = (out / r["bitstream"]).stat().st_size
+        assert r["bytes"] == size
+        assert r["bpp"] == pytest.approx(bpp_from_bytes(size, r["height"], r["width"]))
+        # The metrics are those of the image decoded from the file on disk.
+        decoded = decompress_image(ckpt, read_bitstream(out / r["bitstream"]))
+        original = load_rgb8(data_root / r["image"]).array
+        assert r["psnr"] == pytest.approx(psnr(original, decoded))
+        assert r["ms_ssim"] == pytest.approx(ms_ssim(original, decoded))
+        assert 0 < r["ms_ssim"] <= 1
+        assert r["conversion"] == ""
+        # A 4-step model: its scales sit where the coder's discrete scale table
+        # is coarse, so file and likelihood estimate agree only roughly here.
+        assert r["bpp"] == pytest.approx(r["bpp_estimated"], rel=0.25)
+    assert summary["images"] == 2
+    assert summary["bpp"] == pytest.approx(np.mean([r["bpp"] for r in rows]))
+    assert json.loads((tmp_path / "metrics.json").read_text())["psnr"] == pytest.approx(summary["psnr"])
+    # Logged to the training run of the same weights, not to a new one.
+    runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
+    assert len(runs) == 1
+    assert runs[0].data.metrics["kodak/bpp"] == pytest.approx(summary["bpp"])
+    artifacts = mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "eval/kodak")
+    assert [a.path for a in artifacts] == ["eval/kodak/per_image.parquet"]
