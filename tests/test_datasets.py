@@ -135,3 +135,12 @@ def test_stage_reads_the_mirror_from_the_environment(mirror, tmp_path, monkeypat
                                tmp_path / "data")
     assert table.num_rows == 24
     assert (tmp_path / "data/manifests/kodak.parquet").is_file()
+
+
+def test_bsds500_from_mirror_keeps_the_splits(mirror, tmp_path):
+    table = prepare_dataset(bsds500(), tmp_path / "data", tmp_path / "b.parquet", mirror=mirror)
+    splits = table["split"].to_pylist()
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (200, 100, 200)
+    assert {(w, h) for w, h in zip(table["width"].to_pylist(), table["height"].to_pylist())} \
+        == {(481, 321), (321, 481)}
+    assert (tmp_path / "data/bsds500/train/100075.jpg").is_file()

@@ -96,3 +96,39 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
     assert runs[0].data.metrics["kodak/bpp"] == pytest.approx(summary["bpp"])
     artifacts = mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "eval/kodak")
     assert [a.path for a in artifacts] == ["eval/kodak/per_image.parquet"]
+
+
+def test_architecture_config_applies_the_lambda_override():
+    from licbench.train import architecture_config
+
+    params = {"architectures": {"mbt2018-mean": {
+        "N": 128, "M": 192, "by_lambda": {0.025: {"N": 192, "M": 320}}}}}
+    assert architecture_config(params, "mbt2018-mean", 0.0130) == {"N": 128, "M": 192}
+    assert architecture_config(params, "mbt2018-mean", 0.025) == {"N": 192, "M": 320}
+    with pytest.raises(Exception, match="no settings for 'mbt2018'"):
+        architecture_config(params, "mbt2018", 0.01)
+
+
+def test_bad_train_settings_are_named(data_root, tmp_path):
+    from licbench.errors import ConfigError
+
+    bad = dict(PARAMS, train=dict(PARAMS["train"], crop=96))
+    with pytest.raises(ConfigError, match="train.crop = 96: mbt2018-mean needs crops that are a multiple of 64"):
+        run_train_stage(bad, "mbt2018-mean", 0.01, tmp_path / "c.pt", tmp_path / "t.json", data_root)
+    bad = dict(PARAMS, train=dict(PARAMS["train"], stepz=3))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]"):
+        run_train_stage(bad, "mbt2018-mean", 0.01, tmp_path / "c.pt", tmp_path / "t.json", data_root)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_paper_config_is_valid():
+    import yaml
+
+    from conftest import REPO
+    from licbench.train import architecture_config
+
+    params = yaml.safe_load((REPO / "configs" / "paper-mbt2018-mean.yaml").read_text())
+    cfg = TrainConfig.from_params(params["train"])
+    assert (cfg.crop, cfg.batch_size, cfg.lr) == (256, 16, 1e-4)
+    sizes = [tuple(architecture_config(params, "mbt2018-mean", l).values()) for l in params["lambdas"]]
+    assert sizes == [(128, 192)] * 4 + [(192, 320)] * 4

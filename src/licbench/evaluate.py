@@ -95,12 +95,16 @@ def evaluate_checkpoint(
     image_paths: list[tuple[str, Path]],
     out_dir: str | Path,
 ) -> tuple[pa.Table, dict]:
-    """Code every (name, path) image; write bitstreams and per_image.parquet in out_dir."""
+    """Code every (name, path) image; write bitstreams and per_image.parquet in out_dir.
+
+    ``name`` is the manifest path (``<set>/<file>``), recorded in the rows.
+    """
     out_dir = Path(out_dir)
     rows = []
     for name, path in tqdm(image_paths, desc=f"evaluate {ckpt.key}", unit="image"):
-        stem = Path(name).with_suffix("").as_posix().replace("/", "__")
-        bitstream = out_dir / "bitstreams" / f"{stem}.lic"
+        # "kodak/kodim01.png" -> bitstreams/kodim01.lic; subfolders of the set are kept.
+        inside_set = Path(*Path(name).parts[1:]) if len(Path(name).parts) > 1 else Path(name)
+        bitstream = out_dir / "bitstreams" / inside_set.with_suffix(".lic")
         row = evaluate_image(ckpt, path, bitstream)
         rows.append({"image": name, "bitstream": bitstream.relative_to(out_dir).as_posix(), **row})
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

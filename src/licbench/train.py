@@ -88,7 +88,11 @@ def train_model(
 
     ``log_metrics(metrics: dict, step: int)`` receives the running losses.
     """
-    get_architecture(arch)
+    spec = get_architecture(arch)
+    if cfg.crop % spec.pad_multiple:
+        raise ConfigError(
+            f"train.crop = {cfg.crop}: {arch} needs crops that are a multiple of {spec.pad_multiple}"
+        )
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     model = build_model(arch, arch_config).to(device).train()
@@ -141,7 +145,9 @@ def train_model(
     seconds = time.perf_counter() - start
 
     model.eval()
-    model.update(force=True)
+    # Quantiles by bisection on the learned density: exact where a short run
+    # leaves the aux loss far from converged (CompressAI >= 1.2.7).
+    model.update(force=True, update_quantiles=True)
     digest = save_checkpoint(
         checkpoint_path, model, arch, arch_config, lmbda,
         meta={**(meta or {}), "steps": cfg.steps, "seed": cfg.seed},
@@ -159,6 +165,20 @@ def train_model(
     }
 
 
+def architecture_config(params: dict, arch: str, lmbda: float) -> dict:
+    """``architectures.<arch>`` from params, with its ``by_lambda`` override for
+    this lambda applied (CompressAI, for one, uses larger N and M at high rates)."""
+    try:
+        config = dict(params["architectures"][arch])
+    except (KeyError, TypeError):
+        raise ConfigError(f"params.yaml architectures: no settings for '{arch}'") from None
+    overrides = config.pop("by_lambda", None) or {}
+    for key, values in overrides.items():
+        if float(key) == float(lmbda):
+            config.update(values)
+    return config
+
+
 def run_train_stage(
     params: dict,
     arch: str,
@@ -171,10 +191,7 @@ def run_train_stage(
     from . import tracking
 
     cfg = TrainConfig.from_params(dict(params["train"]))
-    try:
-        arch_config = dict(params["architectures"][arch])
-    except KeyError:
-        raise ConfigError(f"params.yaml architectures: no settings for '{arch}'") from None
+    arch_config = architecture_config(params, arch, lmbda)
     data_root = Path(data_root)
     manifest = read_manifest(data_root / "manifests" / f"{cfg.dataset}.parquet")
     images, conversions = load_split(manifest, data_root, cfg.split)

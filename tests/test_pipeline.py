@@ -1,0 +1,99 @@
+"""End to end: `dvc repro` on tiny params in a temporary copy of the repository."""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+TINY = {
+    "datasets": {"sets": ["kodak"], "mirror": None},
+    "archs": ["mbt2018-mean"],
+    "lambdas": [0.01, 0.05],
+    "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
+    "train": {"dataset": "kodak", "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
+              "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
+              "log_every": 1},
+    "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
+    "mlflow": {"experiment": "licbench"},
+}
+
+
+def run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    dest = tmp_path / "repo"
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
+    return dest
+
+
+def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default store: sqlite:///mlruns.db
+    env["LICBENCH_MIRROR"] = str(mirror)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    run(["git", "init", "-q"], repo_copy, env)
+    run(["git", "add", "-A"], repo_copy, env)
+    run(["git", "commit", "-qm", "copy"], repo_copy, env)
+
+    # 1. A fresh repro runs every stage.
+    out = run(dvc + ["repro"], repo_copy, env)
+    for stage in ("datasets@kodak", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
+                  "evaluate@mbt2018-mean-0.01-kodak", "evaluate@mbt2018-mean-0.05-kodak"):
+        assert f"Running stage '{stage}'" in out
+    assert len(list((repo_copy / "data/kodak").glob("*.png"))) == 24
+    ckpt = repo_copy / "models/mbt2018-mean-0.01/checkpoint.pt"
+    assert ckpt.is_file()
+    bitstreams = sorted((repo_copy / "data/eval/kodak/mbt2018-mean-0.01/bitstreams").iterdir())
+    assert [b.name for b in bitstreams] == ["kodim01.lic", "kodim02.lic"]
+    metrics = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env))
+    flat = json.dumps(metrics)
+    assert "data/metrics/kodak/mbt2018-mean-0.05.json" in flat and '"psnr"' in flat
+
+    # MLflow: one run per (architecture, lambda), with training curves and evaluation.
+    with sqlite3.connect(repo_copy / "mlruns.db") as db:
+        runs = dict(db.execute("SELECT name, run_uuid FROM runs").fetchall())
+        assert sorted(runs) == ["mbt2018-mean-0.01", "mbt2018-mean-0.05"]
+        keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics")}
+        assert {"train/loss", "train/bpp", "train/mse", "kodak/bpp", "kodak/psnr"} <= keys
+        params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?",
+                                 (runs["mbt2018-mean-0.05"],)).fetchall())
+        assert params["lambda"] == "0.05" and params["N"] == "16"
+        assert len(params["git_commit"]) >= 40 and len(params["manifest_sha256"]) == 64
+
+    # 2. A second repro runs nothing.
+    mtime = ckpt.stat().st_mtime_ns
+    out = run(dvc + ["repro"], repo_copy, env)
+    assert "Running stage" not in out
+    assert ckpt.stat().st_mtime_ns == mtime
+
+    # 3. Changing one lambda reruns only that lambda's train and evaluate.
+    TINY_CHANGED = dict(TINY, lambdas=[0.01, 0.02])
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(TINY_CHANGED, sort_keys=False))
+    out = run(dvc + ["repro"], repo_copy, env)
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate@mbt2018-mean-0.02-kodak", "train@mbt2018-mean-0.02"]
+    assert ckpt.stat().st_mtime_ns == mtime
