@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
+from licbench.coding.codec import (
+    compress_image, decompress_image, entropy_parameters, pad_to_multiple, to_tensor,
+)
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.images import load_rgb8
-from licbench.errors import FormatError
+from licbench.errors import FormatError, ModelMismatchError
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
 
 
@@ -19,17 +21,19 @@ def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
 
 
 def encoder_side_latent(ckpt, x):
-    """The quantized latent the encoder codes, for the non-autoregressive models."""
+    """The quantized latent the encoder codes, for the non-autoregressive models,
+    as the decoder should rebuild it (float32, means from the float64 h_s)."""
     m = ckpt.model
     y = m.g_a(x)
     if ckpt.arch == "bmshj2018-factorized":
         return m.entropy_bottleneck.quantize(y, "dequantize", m.entropy_bottleneck._get_medians())
     z = m.h_a(torch.abs(y) if ckpt.arch == "bmshj2018-hyperprior" else y)
     z_hat = m.entropy_bottleneck.decompress(m.entropy_bottleneck.compress(z), z.shape[-2:])
-    if ckpt.arch == "bmshj2018-hyperprior":
-        return m.gaussian_conditional.quantize(y, "dequantize")
-    _, means = m.h_s(z_hat).chunk(2, 1)
-    return m.gaussian_conditional.quantize(y, "dequantize", means)
+    _, means = entropy_parameters(m, ckpt.arch, z_hat)
+    y64 = y.double()
+    if means is None:
+        return torch.round(y64).float()
+    return (torch.round(y64 - means) + means).float()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def test_wrong_model_is_refused(crop, tmp_path):
     a = tiny_checkpoint("mbt2018-mean", tmp_path / "a", seed=0)
     b = tiny_checkpoint("mbt2018-mean", tmp_path / "b", seed=1)
     bs = compress_image(a, crop)
-    with pytest.raises(FormatError, match="made by mbt2018-mean weights"):
+    with pytest.raises(ModelMismatchError, match="made by mbt2018-mean weights"):
         decompress_image(b, bs, "x.lic")
 
 
@@ -93,3 +97,38 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior"])
+def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_path):
+    ckpt = tiny_checkpoint(arch, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        bs = compress_image(ckpt, crop)
+        x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
+        with torch.no_grad():
+            expected = encoder_side_latent(ckpt, x)
+        torch.set_num_threads(2)
+        captured = []
+
+        def capture(module, inputs, output):
+            captured.append(inputs[0])
+
+        hook = ckpt.model.g_s.register_forward_hook(capture)
+        decompress_image(ckpt, bs)
+        hook.remove()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(captured[0], expected)
+    # The same z_hat inside a batch of two gives the same scales and means.
+    with torch.no_grad():
+        m = ckpt.model
+        z_hat = m.entropy_bottleneck.decompress([bs.streams[1]], torch.Size(bs.shape))
+        alone = entropy_parameters(m, arch, z_hat)
+        batch = entropy_parameters(m, arch, torch.cat([z_hat, torch.randn_like(z_hat)]))
+    (scales_a, means_a), (scales_b, means_b) = alone, batch
+    gc = ckpt.model.gaussian_conditional
+    assert torch.equal(gc.build_indexes(scales_a), gc.build_indexes(scales_b[:1]))
+    if means_a is not None:
+        torch.testing.assert_close(means_a, means_b[:1], rtol=0, atol=1e-12)

@@ -27,3 +27,7 @@ class CheckpointError(LicbenchError):
 
 class ConfigError(LicbenchError):
     """Invalid settings in params.yaml or on the command line."""
+
+
+class ModelMismatchError(LicbenchError):
+    """A bitstream decoded with other weights or another architecture than made it."""

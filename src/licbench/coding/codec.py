@@ -1,12 +1,28 @@
-"""Image <-> bitstream with a trained model and CompressAI's rANS coder."""
+"""Image <-> bitstream with a trained model and CompressAI's rANS coder.
+
+Device independence. The decoder must derive the same CDF index for every
+symbol as the encoder did, or the rANS decoder derails. For the hyperprior
+models those indexes come from the hyper-synthesis ``h_s``: scales compared
+against the scale table. Computed in float32, on another device, with another
+thread count or batch layout, a scale that sits near a table boundary can land
+on the other side. Here ``h_s`` always runs in float64 on the CPU, on both
+sides, from a ``z_hat`` that is exact on every device (integer symbols plus
+float32 medians); a flip would need a scale within about 1e-15 of a boundary.
+The analysis transform may run anywhere (only the encoder uses it), and so may
+the synthesis (it only shapes the reconstruction, not the symbols).
+The factorized model's indexes do not depend on data. The autoregressive
+``mbt2018`` still uses CompressAI's own float32 context loop.
+"""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import FormatError
+from ..errors import FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
 from .container import Bitstream
 
@@ -30,8 +46,50 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
+# Decoding allocates activations proportional to the image area (for N=192,
+# about 1 KB per pixel in the first synthesis layers): refuse files that claim
+# more than this unless the caller raises the limit.
+DEFAULT_DECODE_MAX_PIXELS = 1 << 24
+
+
 def model_id(ckpt: Checkpoint) -> bytes:
     return bytes.fromhex(ckpt.weights_sha256)[:8]
+
+
+# Hyperprior architectures whose entropy parameters come from h_s alone:
+# name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
+_HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
+          "mbt2018-mean": {"means": True, "abs_y": False}}
+
+
+def entropy_parameters(model: torch.nn.Module, arch: str, z_hat: torch.Tensor):
+    """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
+    h_s = copy.deepcopy(model.h_s).to("cpu", torch.float64)
+    params = h_s(z_hat.to("cpu", torch.float64))
+    if _HYPER[arch]["means"]:
+        scales, means = params.chunk(2, 1)
+        return scales, means
+    return params, None
+
+
+def _hyper_compress(model, arch: str, x: torch.Tensor) -> dict:
+    y = model.g_a(x)
+    z = model.h_a(torch.abs(y) if _HYPER[arch]["abs_y"] else y)
+    z_strings = model.entropy_bottleneck.compress(z)
+    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+    scales, means = entropy_parameters(model, arch, z_hat)
+    indexes = model.gaussian_conditional.build_indexes(scales)
+    y_strings = model.gaussian_conditional.compress(y.to("cpu", torch.float64), indexes, means=means)
+    return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+
+
+def _hyper_decompress(model, arch: str, strings: list, shape: torch.Size) -> torch.Tensor:
+    device = next(model.parameters()).device
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    scales, means = entropy_parameters(model, arch, z_hat)
+    indexes = model.gaussian_conditional.build_indexes(scales)
+    y_hat = model.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64, means=means)
+    return model.g_s(y_hat.to(device, torch.float32)).clamp_(0, 1)
 
 
 @torch.no_grad()
@@ -39,7 +97,10 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
     spec = get_architecture(ckpt.arch)
     device = next(ckpt.model.parameters()).device
     x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
-    out = ckpt.model.compress(x)
+    if ckpt.arch in _HYPER:
+        out = _hyper_compress(ckpt.model, ckpt.arch, x)
+    else:
+        out = ckpt.model.compress(x)
     streams = []
     for strings in out["strings"]:
         if len(strings) != 1:
@@ -56,10 +117,31 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
     )
 
 
+def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[bytes]]:
+    """The streams as the rANS decoder takes them, checked and padded.
+
+    CompressAI's decoder reads 32-bit words with no end check: a damaged or
+    crafted stream makes it read past the end of its buffer. Its encoder always
+    writes whole words and at least the 8-byte final state, so anything else is
+    refused; each stream is then followed by zero bytes, far more than a decoder
+    reading one word per symbol (and a margin for escape codes) can reach.
+    """
+    for i, s in enumerate(bs.streams):
+        if len(s) < 8 or len(s) % 4:
+            raise FormatError(f"{source}: stream {i} has {len(s)} bytes; an rANS stream is a "
+                              "whole number of 32-bit words, at least 2")
+    cells = -(-bs.height // 16) * -(-bs.width // 16)  # every latent here is at 1/16 or coarser
+    channels = int(ckpt.config.get("N", 0)) + int(ckpt.config.get("M", 0)) or 1024
+    symbols = cells * channels
+    padding = bytes(4 * (2 * symbols + 1024))
+    return [[s + padding] for s in bs.streams]
+
+
 @torch.no_grad()
-def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>") -> np.ndarray:
+def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
+                     max_pixels: int = DEFAULT_DECODE_MAX_PIXELS) -> np.ndarray:
     if bs.arch != ckpt.arch or bs.model_id != model_id(ckpt):
-        raise FormatError(
+        raise ModelMismatchError(
             f"{source}: made by {bs.arch} weights {bs.model_id.hex()}, but the model given is "
             f"{ckpt.arch} weights {model_id(ckpt).hex()}"
         )
@@ -67,6 +149,11 @@ def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>
     # The coded latent's spatial shape follows from the image size; a header
     # that says otherwise is damaged, and must not drive an allocation.
     expected = tuple(-(-side // spec.pad_multiple) for side in (bs.height, bs.width))
+    if bs.height * bs.width > max_pixels:
+        raise FormatError(
+            f"{source}: {bs.width}x{bs.height} image exceeds the decoding limit of {max_pixels} "
+            "pixels (raise it with --max-pixels if the file is trusted)"
+        )
     if len(bs.streams) != spec.n_streams:
         raise FormatError(f"{source}: {len(bs.streams)} streams, {ckpt.arch} codes {spec.n_streams}")
     if bs.pad_multiple != spec.pad_multiple or bs.shape != expected:
@@ -74,5 +161,9 @@ def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>
             f"{source}: latent shape {bs.shape} / padding {bs.pad_multiple} do not match a "
             f"{bs.width}x{bs.height} image for {ckpt.arch} (expected {expected} / {spec.pad_multiple})"
         )
-    out = ckpt.model.decompress([[s] for s in bs.streams], torch.Size(bs.shape))
-    return to_uint8(out["x_hat"][..., : bs.height, : bs.width])
+    strings = guarded_strings(ckpt, bs, source)
+    if ckpt.arch in _HYPER:
+        x_hat = _hyper_decompress(ckpt.model, ckpt.arch, strings, torch.Size(bs.shape))
+    else:
+        x_hat = ckpt.model.decompress(strings, torch.Size(bs.shape))["x_hat"]
+    return to_uint8(x_hat[..., : bs.height, : bs.width])

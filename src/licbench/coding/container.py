@@ -1,22 +1,10 @@
-"""The licbench bitstream container (format version 1).
+"""The licbench bitstream container, format version 1.
 
-All integers are big-endian. Layout::
-
-    magic          4 bytes   b"LICB"
-    version        u8        1
-    flags          u8        0 (reserved)
-    arch_len       u8        1..64
-    arch           arch_len  ASCII architecture name, e.g. "mbt2018-mean"
-    model_id       8 bytes   first 8 bytes of the weights' sha256
-    height, width  u32, u32  original image size in pixels (1..65535 each)
-    pad_multiple   u16       the image was padded to a multiple of this
-    ndim           u8        0..4, then ndim x u32: latent shape the decoder needs
-    nstreams       u8        1..16, then nstreams x (length u32, crc32 u32)
-    header_crc     u32       CRC-32 of every byte above
-    payload                  the streams, concatenated in order
-
-The file ends exactly after the last stream: a shorter file is truncated, a
-longer one has trailing bytes, and both are refused, as is any CRC mismatch.
+docs/bitstream.md is the specification: field by field layout (big-endian),
+the checks a reader makes, and the errors it gives. In short: magic, version,
+flags, architecture, model id, image size, padding, latent shape, a table of
+(length, CRC-32) per stream, a CRC-32 of the header, then the streams; the file
+ends exactly after the last stream.
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""The ``licbench`` command: compress, decompress and inspect files, evaluate models.
+
+Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used);
+2 bad usage; 3 model problem (checkpoint unreadable, or not the weights a
+bitstream was made with); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import CheckpointError, ConfigError, LicbenchError, ModelMismatchError
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+DEFAULT_MODELS_DIR = "models"
+
+
+class ModelNotFound(CheckpointError):
+    """No checkpoint given, and none found with the bitstream's weights."""
+
+
+def _find_checkpoint(model_id: bytes, models_dir: Path):
+    """The checkpoint under ``models_dir`` whose weights made ``model_id``."""
+    from .coding.codec import model_id as id_of
+    from .models import load_checkpoint
+
+    candidates = sorted(models_dir.rglob("*.pt")) if models_dir.is_dir() else []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if id_of(ckpt) == model_id:
+            return ckpt
+    raise ModelNotFound(
+        f"no checkpoint under {models_dir}/ has weights {model_id.hex()}; pass --model CKPT"
+    )
+
+
+def _save_png(path: Path, array) -> None:
+    from PIL import Image
+
+    from .fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def cmd_compress(args) -> int:
+    from .coding.codec import compress_image
+    from .coding.container import write_bitstream
+    from .data.images import load_rgb8
+    from .metrics import bpp_from_bytes
+    from .models import load_checkpoint
+
+    ckpt = load_checkpoint(args.model, device=args.device)
+    loaded = load_rgb8(args.image)
+    t0 = time.perf_counter()
+    nbytes = write_bitstream(args.output, compress_image(ckpt, loaded.array))
+    seconds = time.perf_counter() - t0
+    h, w = loaded.array.shape[:2]
+    note = f" (input converted: {loaded.conversion})" if loaded.conversion else ""
+    print(f"{args.output}: {nbytes} bytes, {bpp_from_bytes(nbytes, h, w):.4f} bpp, "
+          f"{w}x{h}, {seconds:.2f} s{note}")
+    return EXIT_OK
+
+
+def cmd_decompress(args) -> int:
+    from .coding.codec import decompress_image
+    from .coding.container import read_bitstream
+    from .models import load_checkpoint
+
+    from .coding.codec import DEFAULT_DECODE_MAX_PIXELS
+
+    args.max_pixels = args.max_pixels or DEFAULT_DECODE_MAX_PIXELS
+    bs = read_bitstream(args.input)
+    if args.model:
+        ckpt = load_checkpoint(args.model, device=args.device)
+    else:
+        ckpt = _find_checkpoint(bs.model_id, Path(args.models_dir))
+    t0 = time.perf_counter()
+    image = decompress_image(ckpt, bs, str(args.input), max_pixels=args.max_pixels)
+    _save_png(Path(args.output), image)
+    print(f"{args.output}: {bs.width}x{bs.height}, {time.perf_counter() - t0:.2f} s")
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    from .coding.container import VERSION, read_bitstream
+    from .metrics import bpp_from_bytes
+
+    bs = read_bitstream(args.input)
+    size = Path(args.input).stat().st_size
+    info = {
+        "file": str(args.input),
+        "format_version": VERSION,
+        "arch": bs.arch,
+        "model_id": bs.model_id.hex(),
+        "width": bs.width,
+        "height": bs.height,
+        "pad_multiple": bs.pad_multiple,
+        "latent_shape": list(bs.shape),
+        "streams": [len(s) for s in bs.streams],
+        "bytes": size,
+        "bpp": round(bpp_from_bytes(size, bs.height, bs.width), 6),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value}")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint
+    from .models import load_checkpoint
+
+    ckpt = load_checkpoint(args.model, device=args.device)
+    images = [(Path(p).name if Path(p).parent == Path(".") else Path(p).as_posix(), Path(p))
+              for p in args.images]
+    _, summary = evaluate_checkpoint(ckpt, images, args.out)
+    print(json.dumps({"model": ckpt.key, **summary}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="licbench",
+        description="Learned image compression: code images to .lic bitstream files and back.",
+        epilog="Exit codes: 0 success, 1 bad input file, 2 bad usage, 3 model problem, "
+               "130 interrupted. The file format: docs/bitstream.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compress", help="compress an image into a .lic file",
+                       description="Compress IMAGE (PNG, JPEG, ...; converted to 8-bit RGB) "
+                                   "with the model in CKPT into the bitstream file OUT.")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("output", type=Path, metavar="OUT")
+    p.add_argument("--model", "-m", required=True, type=Path, metavar="CKPT",
+                   help="a checkpoint written by the train stage")
+    p.add_argument("--device", default="cpu", help="torch device for the transforms (default: cpu)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="decode a .lic file into a PNG",
+                       description="Decode the bitstream IN into the 8-bit RGB PNG OUT. Without "
+                                   "--model, the checkpoint whose weights made IN is looked up "
+                                   "under --models-dir.")
+    p.add_argument("input", type=Path, metavar="IN")
+    p.add_argument("output", type=Path, metavar="OUT.png")
+    p.add_argument("--model", "-m", type=Path, metavar="CKPT")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse files whose image is larger (default: 2^24 = 16.7 Mpixel)")
+    p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
+                   help=f"where to look for the checkpoint (default: {DEFAULT_MODELS_DIR}/)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="show a .lic file's header",
+                       description="Check FILE (header and stream checksums) and print its header.")
+    p.add_argument("input", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("eval", help="code images with a model and measure bpp, PSNR, MS-SSIM",
+                       description="Compress each image to OUT/bitstreams/, decode it from the "
+                                   "file, write OUT/per_image.parquet and print a JSON summary.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", "-m", required=True, type=Path, metavar="CKPT")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, ModelMismatchError) as exc:
+        print(f"licbench: error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except LicbenchError as exc:
+        print(f"licbench: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("licbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
