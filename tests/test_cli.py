@@ -97,3 +97,15 @@ def test_installed_entry_point_and_usage_errors(tmp_path):
         assert command in proc.stdout
     proc = subprocess.run([str(exe), "compress"], capture_output=True, text=True)
     assert proc.returncode == EXIT_USAGE and "usage:" in proc.stderr
+
+
+@pytest.mark.parametrize("mode,size", [("RGB", (1, 1)), ("RGBA", (33, 17)), ("I;16", (20, 20)),
+                                       ("CMYK", (40, 24)), ("L", (65, 3))])
+def test_odd_images_round_trip(setup, mode, size, capsys):
+    tmp, ckpt, _ = setup
+    image = tmp / f"odd.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.new(mode, size).save(image)
+    assert main(["compress", str(image), str(tmp / "o.lic"), "-m", str(ckpt)]) == EXIT_OK
+    assert ("input converted" in capsys.readouterr().out) == (mode != "RGB")
+    assert main(["decompress", str(tmp / "o.lic"), str(tmp / "o.png"), "-m", str(ckpt)]) == EXIT_OK
+    assert Image.open(tmp / "o.png").size == size

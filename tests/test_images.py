@@ -96,3 +96,21 @@ def test_float_images_are_refused(tmp_path):
     Image.fromarray(np.zeros((4, 4), dtype=np.float32), "F").save(tmp_path / "f.tiff")
     with pytest.raises(ImageError, match=r"f\.tiff: unsupported image mode 'F'"):
         load_rgb8(tmp_path / "f.tiff")
+
+
+def test_corrupt_jpeg_names_the_file(tmp_path, mirror):
+    data = (mirror / "bsds500" / "test" / "100007.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ImageError, match=r"cut\.jpg: unreadable image"):
+        load_rgb8(tmp_path / "cut.jpg")
+    mangled = bytearray(data)
+    mangled[2:200] = bytes(198)  # destroy the JPEG header segments
+    (tmp_path / "bad.jpg").write_bytes(bytes(mangled))
+    with pytest.raises(ImageError, match=r"bad\.jpg"):
+        load_rgb8(tmp_path / "bad.jpg")
+
+
+def test_one_pixel_image(tmp_path):
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(tmp_path / "one.png")
+    loaded = load_rgb8(tmp_path / "one.png")
+    assert loaded.array.tolist() == [[[10, 20, 30]]]

@@ -10,13 +10,13 @@ sides, from a ``z_hat`` that is exact on every device (integer symbols plus
 float32 medians); a flip would need a scale within about 1e-15 of a boundary.
 The analysis transform may run anywhere (only the encoder uses it), and so may
 the synthesis (it only shapes the reconstruction, not the symbols).
-The factorized model's indexes do not depend on data. The autoregressive
-``mbt2018`` still uses CompressAI's own float32 context loop.
+The autoregressive ``mbt2018`` runs its whole context loop (h_s, masked
+context convolution, entropy parameters) in float64 on the CPU in the same way.
+The factorized model's indexes do not depend on data.
 """
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
@@ -62,33 +62,66 @@ _HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
           "mbt2018-mean": {"means": True, "abs_y": False}}
 
 
-def entropy_parameters(model: torch.nn.Module, arch: str, z_hat: torch.Tensor):
+def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor):
     """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
-    h_s = copy.deepcopy(model.h_s).to("cpu", torch.float64)
-    params = h_s(z_hat.to("cpu", torch.float64))
-    if _HYPER[arch]["means"]:
+    params = ckpt.float64_cpu().h_s(z_hat.to("cpu", torch.float64))
+    if _HYPER[ckpt.arch]["means"]:
         scales, means = params.chunk(2, 1)
         return scales, means
     return params, None
 
 
-def _hyper_compress(model, arch: str, x: torch.Tensor) -> dict:
+def _hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
+    model = ckpt.model
     y = model.g_a(x)
-    z = model.h_a(torch.abs(y) if _HYPER[arch]["abs_y"] else y)
+    z = model.h_a(torch.abs(y) if _HYPER[ckpt.arch]["abs_y"] else y)
     z_strings = model.entropy_bottleneck.compress(z)
     z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    scales, means = entropy_parameters(model, arch, z_hat)
+    scales, means = entropy_parameters(ckpt, z_hat)
     indexes = model.gaussian_conditional.build_indexes(scales)
     y_strings = model.gaussian_conditional.compress(y.to("cpu", torch.float64), indexes, means=means)
     return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
 
 
-def _hyper_decompress(model, arch: str, strings: list, shape: torch.Size) -> torch.Tensor:
+def _hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> torch.Tensor:
+    model = ckpt.model
     device = next(model.parameters()).device
     z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
-    scales, means = entropy_parameters(model, arch, z_hat)
+    scales, means = entropy_parameters(ckpt, z_hat)
     indexes = model.gaussian_conditional.build_indexes(scales)
     y_hat = model.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64, means=means)
+    return model.g_s(y_hat.to(device, torch.float32)).clamp_(0, 1)
+
+
+# mbt2018: CompressAI's context loop (5x5 masked convolution, y at 4x z's size),
+# run by the float64 CPU copy of the model on both sides.
+_AR_KERNEL, _AR_PAD, _AR_SCALE = 5, 2, 4
+
+
+def _ar_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
+    model, m64 = ckpt.model, ckpt.float64_cpu()
+    y = model.g_a(x)
+    z = model.h_a(y)
+    z_strings = model.entropy_bottleneck.compress(z)
+    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+    params = m64.h_s(z_hat.to("cpu", torch.float64))
+    y_hat = F.pad(y.to("cpu", torch.float64), (_AR_PAD,) * 4)
+    height, width = z_hat.size(2) * _AR_SCALE, z_hat.size(3) * _AR_SCALE
+    y_string = m64._compress_ar(y_hat, params, height, width, _AR_KERNEL, _AR_PAD)
+    # _compress_ar wrote the dequantized latent into y_hat: the decoder's latent.
+    latent = y_hat[:, :, _AR_PAD:-_AR_PAD, _AR_PAD:-_AR_PAD].float()
+    return {"strings": [[y_string], z_strings], "shape": z.shape[-2:], "y_hat": latent}
+
+
+def _ar_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> torch.Tensor:
+    model, m64 = ckpt.model, ckpt.float64_cpu()
+    device = next(model.parameters()).device
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    params = m64.h_s(z_hat.to("cpu", torch.float64))
+    height, width = z_hat.size(2) * _AR_SCALE, z_hat.size(3) * _AR_SCALE
+    y_hat = torch.zeros((1, m64.M, height + 2 * _AR_PAD, width + 2 * _AR_PAD), dtype=torch.float64)
+    m64._decompress_ar(strings[0][0], y_hat, params, height, width, _AR_KERNEL, _AR_PAD)
+    y_hat = y_hat[:, :, _AR_PAD:-_AR_PAD, _AR_PAD:-_AR_PAD]
     return model.g_s(y_hat.to(device, torch.float32)).clamp_(0, 1)
 
 
@@ -98,7 +131,9 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
     device = next(ckpt.model.parameters()).device
     x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
     if ckpt.arch in _HYPER:
-        out = _hyper_compress(ckpt.model, ckpt.arch, x)
+        out = _hyper_compress(ckpt, x)
+    elif ckpt.arch == "mbt2018":
+        out = _ar_compress(ckpt, x)
     else:
         out = ckpt.model.compress(x)
     streams = []
@@ -163,7 +198,9 @@ def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>
         )
     strings = guarded_strings(ckpt, bs, source)
     if ckpt.arch in _HYPER:
-        x_hat = _hyper_decompress(ckpt.model, ckpt.arch, strings, torch.Size(bs.shape))
+        x_hat = _hyper_decompress(ckpt, strings, torch.Size(bs.shape))
+    elif ckpt.arch == "mbt2018":
+        x_hat = _ar_decompress(ckpt, strings, torch.Size(bs.shape))
     else:
         x_hat = ckpt.model.decompress(strings, torch.Size(bs.shape))["x_hat"]
     return to_uint8(x_hat[..., : bs.height, : bs.width])

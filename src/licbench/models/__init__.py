@@ -6,9 +6,10 @@ the constructor and the spatial factor an input must be a multiple of.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -99,10 +100,18 @@ class Checkpoint:
     model: torch.nn.Module
     weights_sha256: str
     meta: dict
+    _float64_cpu: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         return model_key(self.arch, self.lmbda)
+
+    def float64_cpu(self) -> torch.nn.Module:
+        """A float64 copy of the model on the CPU (made once): what computes the
+        entropy parameters, identically on every machine (see coding/codec.py)."""
+        if self._float64_cpu is None:
+            self._float64_cpu = copy.deepcopy(self.model).to("cpu", torch.float64).eval()
+        return self._float64_cpu
 
 
 def model_key(arch: str, lmbda: float) -> str:
