@@ -8,7 +8,11 @@ the float64-on-CPU h_s that licbench codes with.
 A changed index between encoder and decoder derails decoding of the rest of
 the stream. The last line printed is a JSON object: symbols compared, and for
 each precision the number of indexes that differ from the single-thread,
-one-image computation (``index_flips``) and the images with at least one.
+one-image computation (``index_flips``) and the images with at least one; then,
+end to end, for images encoded with one thread and decoded with all threads,
+how many decode to the same latent as with one thread and the largest pixel
+difference, with CompressAI's float32 compress/decompress and with licbench's
+codec.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from licbench.coding.codec import _HYPER, pad_to_multiple, to_tensor  # noqa: E402
+from licbench.coding.codec import (  # noqa: E402
+    _HYPER, compress_image, decompress_image, pad_to_multiple, to_tensor, to_uint8,
+)
 from licbench.data.images import load_rgb8  # noqa: E402
 from licbench.models import get_architecture, load_checkpoint  # noqa: E402
 
@@ -73,6 +79,36 @@ def main() -> None:
                     images_with_flips.add(i)
         result[name] = {"index_flips": flips, "images_with_flips": len(images_with_flips)}
     result["symbols"] = symbols
+
+    # End to end: encode with one thread, decode with two. Does the decoder
+    # rebuild the same latent (the input of g_s) as with one thread, and how far
+    # apart are the two images? CompressAI's float32 compress/decompress against
+    # licbench's codec. g_s itself runs in float32, so the images may differ by
+    # float noise even when the latents are identical.
+    latents: list[torch.Tensor] = []
+    hook = m.g_s.register_forward_hook(lambda mod, inp, out: latents.append(inp[0].clone()))
+    stats = {name: {"same_latent": 0, "max_pixel_diff": 0}
+             for name in ("compressai_float32", "licbench")}
+    for path in args.images:
+        image = load_rgb8(path).array
+        x = pad_to_multiple(to_tensor(image), spec.pad_multiple)
+        torch.set_num_threads(1)
+        out = m.compress(x)
+        bs = compress_image(ckpt, image)
+        decoded = {}
+        for threads in (1, result["threads_available"]):
+            torch.set_num_threads(threads)
+            latents.clear()
+            a = to_uint8(m.decompress(out["strings"], out["shape"])["x_hat"])
+            b = decompress_image(ckpt, bs)
+            decoded[threads] = {"compressai_float32": (latents[0], a), "licbench": (latents[1], b)}
+        for name in stats:
+            (la, ia), (lb, ib) = (decoded[t][name] for t in decoded)
+            stats[name]["same_latent"] += int(torch.equal(la, lb))
+            diff = int(abs(ia.astype(int) - ib.astype(int)).max())
+            stats[name]["max_pixel_diff"] = max(stats[name]["max_pixel_diff"], diff)
+    hook.remove()
+    result["one_thread_encode_two_thread_decode"] = stats
     print(json.dumps(result))
 
 
