@@ -122,8 +122,7 @@ def cmd_eval(args) -> int:
     from .models import load_checkpoint
 
     ckpt = load_checkpoint(args.model, device=args.device)
-    images = [(Path(p).name if Path(p).parent == Path(".") else Path(p).as_posix(), Path(p))
-              for p in args.images]
+    images = [(Path(p).as_posix(), Path(p)) for p in args.images]
     _, summary = evaluate_checkpoint(ckpt, images, args.out)
     print(json.dumps({"model": ckpt.key, **summary}))
     return EXIT_OK
