@@ -71,11 +71,9 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from .coding.codec import decompress_image
+    from .coding.codec import DEFAULT_DECODE_MAX_PIXELS, decompress_image
     from .coding.container import read_bitstream
     from .models import load_checkpoint
-
-    from .coding.codec import DEFAULT_DECODE_MAX_PIXELS
 
     args.max_pixels = args.max_pixels or DEFAULT_DECODE_MAX_PIXELS
     bs = read_bitstream(args.input)

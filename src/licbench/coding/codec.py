@@ -17,7 +17,6 @@ The factorized model's indexes do not depend on data.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -158,8 +157,10 @@ def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[b
     CompressAI's decoder reads 32-bit words with no end check: a damaged or
     crafted stream makes it read past the end of its buffer. Its encoder always
     writes whole words and at least the 8-byte final state, so anything else is
-    refused; each stream is then followed by zero bytes, far more than a decoder
-    reading one word per symbol (and a margin for escape codes) can reach.
+    refused. Each stream is then followed by zero bytes: two words per latent
+    symbol plus 4 KiB. Past the real data the decoder reads zeros and consumes
+    at most one word per symbol; only its escape-code loop could read more, so
+    this is a wide margin, not a proof (bench/fuzz_bitstreams.py tests it).
     """
     for i, s in enumerate(bs.streams):
         if len(s) < 8 or len(s) % 4:
