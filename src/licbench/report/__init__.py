@@ -1,0 +1,1 @@
+"""Comparing codecs: Bjøntegaard deltas (and, later, anchors and RD plots)."""
