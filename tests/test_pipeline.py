@@ -24,6 +24,7 @@ TINY = {
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
               "log_every": 1},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
+    "anchors": {"codecs": {"jpeg": [20, 80]}, "workers": 2, "max_images": 2},
     "mlflow": {"experiment": "licbench"},
 }
 
@@ -64,7 +65,7 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
 
     # 1. A fresh repro runs every stage.
     out = run(dvc + ["repro"], repo_copy, env)
-    for stage in ("datasets@kodak", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
+    for stage in ("datasets@kodak", "anchors@kodak", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
                   "evaluate@mbt2018-mean-0.01-kodak", "evaluate@mbt2018-mean-0.05-kodak"):
         assert f"Running stage '{stage}'" in out
     assert len(list((repo_copy / "data/kodak").glob("*.png"))) == 24
@@ -72,6 +73,8 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert ckpt.is_file()
     bitstreams = sorted((repo_copy / "data/eval/kodak/mbt2018-mean-0.01/bitstreams").iterdir())
     assert [b.name for b in bitstreams] == ["kodim01.lic", "kodim02.lic"]
+    anchors = json.loads((repo_copy / "data/anchors/kodak/curves.json").read_text())
+    assert len(anchors["jpeg"]["results"]["bpp"]) == 2
     metrics = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env))
     flat = json.dumps(metrics)
     assert "data/metrics/kodak/mbt2018-mean-0.05.json" in flat and '"psnr"' in flat

@@ -1,0 +1,21 @@
+"""DVC stage `anchors@<set>`: classical codecs (JPEG, WebP, JPEG 2000, AVIF, HEVC, JPEG XL) on one set."""
+
+import argparse
+
+from licbench.anchors import run_anchors_stage
+from licbench.entry import run_main
+from licbench.params import load_params
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--out", required=True, help="output folder: per_image.parquet, curves.json")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    run_anchors_stage(load_params(args.params), args.dataset, args.out, args.data_root)
+
+
+if __name__ == "__main__":
+    run_main(main)
