@@ -22,12 +22,12 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
 
 
 def ms_ssim(reference: np.ndarray, decoded: np.ndarray) -> float | None:
-    """MS-SSIM (pytorch-msssim, data range 255) of two uint8 RGB images;
-    None when the image is too small for five scales."""
+    """MS-SSIM (pytorch-msssim, data range 255, float32 as is usual for it) of two
+    uint8 RGB images; None when the image is too small for five scales."""
     if min(reference.shape[:2]) < MS_SSIM_MIN_SIDE:
         return None
-    a = torch.tensor(reference, dtype=torch.float64).permute(2, 0, 1)[None]
-    b = torch.tensor(decoded, dtype=torch.float64).permute(2, 0, 1)[None]
+    a = torch.tensor(reference, dtype=torch.float32).permute(2, 0, 1)[None]
+    b = torch.tensor(decoded, dtype=torch.float32).permute(2, 0, 1)[None]
     return float(_ms_ssim(a, b, data_range=255.0, size_average=True))
 
 
