@@ -190,22 +190,16 @@ def curves(table: pa.Table) -> dict[str, dict]:
 def run_anchors_stage(params: dict, dataset: str, out_dir: str | Path,
                       data_root: str | Path = "data") -> dict:
     """What ``stages/anchors.py`` runs: every configured codec on one evaluation set."""
-    from .data.datasets import read_manifest
-    from .data.sources import get_source
+    from .data.datasets import evaluation_images
 
     cfg = params.get("anchors") or {}
     sweeps = cfg.get("codecs") or {}
-    data_root, out_dir = Path(data_root), Path(out_dir)
-    manifest = read_manifest(data_root / "manifests" / f"{dataset}.parquet")
-    split = get_source(dataset).eval_split
-    names = sorted(p for p, s in zip(manifest["path"].to_pylist(), manifest["split"].to_pylist())
-                   if s == split)
-    if cfg.get("max_images"):
-        names = names[: int(cfg["max_images"])]
+    out_dir = Path(out_dir)
+    images = evaluation_images(dataset, data_root, cfg.get("max_images"))
     workers = int(cfg.get("workers") or os.cpu_count() or 1)
     log.info("%s: %d codecs x their settings on %d images, %d workers",
-             dataset, len(sweeps), len(names), workers)
-    table = run_anchors([(n, data_root / n) for n in names], sweeps, workers)
+             dataset, len(sweeps), len(images), workers)
+    table = run_anchors(images, sweeps, workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "per_image.parquet") as tmp:
         pq.write_table(table, tmp)

@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from .coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
 from .coding.container import read_bitstream, write_bitstream
-from .data.datasets import read_manifest
+from .data.datasets import evaluation_images
 from .data.images import load_rgb8
-from .data.sources import get_source
 from .fileio import atomic_path, write_json_atomic
 from .metrics import bpp_from_bytes, bpp_from_likelihoods, ms_ssim, psnr
 from .models import Checkpoint, get_architecture, load_checkpoint
@@ -127,15 +126,9 @@ def run_evaluate_stage(
     from . import tracking
 
     cfg = params.get("evaluate", {})
-    data_root = Path(data_root)
     ckpt = load_checkpoint(checkpoint_path, device=cfg.get("device", "cpu"))
-    source = get_source(dataset)
-    manifest = read_manifest(data_root / "manifests" / f"{dataset}.parquet")
-    names = sorted(p for p, s in zip(manifest["path"].to_pylist(), manifest["split"].to_pylist())
-                   if s == source.eval_split)
-    if cfg.get("max_images"):
-        names = names[: int(cfg["max_images"])]
-    table, summary = evaluate_checkpoint(ckpt, [(n, data_root / n) for n in names], out_dir)
+    images = evaluation_images(dataset, data_root, cfg.get("max_images"))
+    table, summary = evaluate_checkpoint(ckpt, images, out_dir)
     summary = {"dataset": dataset, "model": ckpt.key, "arch": ckpt.arch, "lambda": ckpt.lmbda,
                "weights_sha256": ckpt.weights_sha256, **summary}
 

@@ -174,6 +174,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LICBENCH_CACHE", Path.home() / ".cache" / "licbench"))
 
 
+def evaluation_images(dataset: str, data_root: str | Path = "data",
+                      max_images: int | None = None) -> list[tuple[str, Path]]:
+    """(manifest path, file path) of the set's evaluation split, sorted; the
+    first ``max_images`` when given."""
+    from .sources import get_source
+
+    data_root = Path(data_root)
+    manifest = read_manifest(data_root / "manifests" / f"{dataset}.parquet")
+    split = get_source(dataset).eval_split
+    names = sorted(p for p, s in zip(manifest["path"].to_pylist(), manifest["split"].to_pylist())
+                   if s == split)
+    if max_images:
+        names = names[: int(max_images)]
+    return [(n, data_root / n) for n in names]
+
+
 def run_datasets_stage(params: dict, name: str, data_root: str | Path = "data") -> pa.Table:
     """What ``stages/datasets.py`` runs: one set, from the mirror or the real URLs."""
     from ..params import resolve_mirror
