@@ -8,7 +8,7 @@ from PIL import Image
 from licbench.anchors import CODECS, code_image, curves, run_anchors, run_anchors_stage
 from licbench.data.datasets import prepare_dataset
 from licbench.data.sources import kodak
-from licbench.errors import ConfigError
+from licbench.errors import ConfigError, LicbenchError
 
 LOW_HIGH = {"jpeg": [10, 90], "webp": [10, 90], "jpeg2000": [100, 10], "avif": [20, 80],
             "hevc444": [10, 70], "jpegxl": [20, 80]}
@@ -22,14 +22,18 @@ def crop_path(mirror, tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_every_built_in_codec_is_tested():
+    assert set(LOW_HIGH) == {name for name, c in CODECS.items() if not c.needs}
+
+
+@pytest.mark.parametrize("codec", sorted(LOW_HIGH))
 def test_each_codec_codes_and_rate_follows_quality(codec, crop_path):
     low, high = (code_image(codec, s, "crop.png", str(crop_path)) for s in LOW_HIGH[codec])
     assert 0 < low["bpp"] < high["bpp"]
     assert 15 < low["psnr"] < high["psnr"] < 60
     assert 0 < low["ms_ssim"] < high["ms_ssim"] <= 1
     assert low["bpp"] == pytest.approx(8 * low["bytes"] / (192 * 192))
-    assert CODECS[codec].version()
+    assert CODECS[codec].version({})
 
 
 def test_bytes_are_those_of_the_file(crop_path, tmp_path):
@@ -53,8 +57,8 @@ def test_parallel_run_matches_serial_and_curves_use_compressai_layout(crop_path)
 
 
 def test_unknown_codec_is_named(crop_path):
-    with pytest.raises(ConfigError, match=r"unknown codec\(s\) \['bpg'\]"):
-        run_anchors([("a.png", crop_path)], {"bpg": [30]}, 1)
+    with pytest.raises(ConfigError, match=r"unknown codec\(s\) \['x264'\]"):
+        run_anchors([("a.png", crop_path)], {"x264": [30]}, 1)
 
 
 def test_stage_writes_rows_and_curves(mirror, tmp_path):
@@ -74,3 +78,100 @@ def test_jpeg2000_uses_the_colour_transform(mirror):
     row = code_image("jpeg2000", 40, "kodim01.png", str(mirror / "kodak" / "kodim01.png"))
     assert row["bpp"] == pytest.approx(0.6, abs=0.01)
     assert row["psnr"] > 27.5
+
+
+# --- external codecs (VTM, HM, bpgenc), driven through stand-in programs ----
+
+import json
+import logging
+
+from fake_codecs import install as install_fake_codecs
+
+from licbench.anchors import available_codecs
+
+
+@pytest.fixture
+def fake_binaries(tmp_path, monkeypatch):
+    log_file = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CODEC_LOG", str(log_file))
+    return install_fake_codecs(tmp_path / "bin"), log_file
+
+
+@pytest.mark.parametrize("codec", ["vtm", "hm", "bpg"])
+def test_external_codec_rate_and_quality_follow_qp(codec, crop_path, fake_binaries):
+    binaries, log_file = fake_binaries
+    fine, coarse = (code_image(codec, qp, "crop.png", str(crop_path), binaries[codec])
+                    for qp in (22, 42))
+    assert 0 < coarse["bpp"] < fine["bpp"]
+    assert 15 < coarse["psnr"] < fine["psnr"]
+    calls = [json.loads(line) for line in log_file.read_text().splitlines()]
+    encode = calls[0]
+    if codec == "bpg":
+        assert encode[:4] == ["-o", encode[1], "-q", "22"]
+    else:
+        # width and height as the reference software takes them, 4:4:4 8-bit
+        assert encode[encode.index("-wdt") + 1] == "192" and encode[encode.index("-hgt") + 1] == "192"
+        assert "--InputChromaFormat=444" in encode and encode[encode.index("-q") + 1] == "22"
+        assert ("--ConformanceWindowMode=1" in encode) == (codec == "vtm")
+        assert ("--SEIDecodedPictureHash" in encode) == (codec == "hm")
+
+
+def test_reference_software_in_rgb_is_lossless_at_step_one(crop_path, fake_binaries):
+    binaries, log_file = fake_binaries
+    rgb = code_image("vtm", 0, "crop.png", str(crop_path), {**binaries["vtm"], "colour": "rgb"})
+    assert rgb["psnr"] == float("inf")
+    assert "--InputColourSpaceConvert=RGBtoGBR" in log_file.read_text()
+    # In YCbCr the 8-bit conversion there and back costs a little, no more.
+    ycc = code_image("vtm", 0, "crop.png", str(crop_path), binaries["vtm"])
+    assert 45 < ycc["psnr"] < float("inf")
+
+
+def test_external_codec_bytes_are_the_bitstream(crop_path, fake_binaries, tmp_path):
+    binaries, _ = fake_binaries
+    row = code_image("vtm", 30, "crop.png", str(crop_path), binaries["vtm"])
+    # Rerun the stand-in encoder by hand on the same YCbCr input.
+    from licbench.anchors import _rgb_to_planes
+
+    image = np.asarray(Image.open(crop_path).convert("RGB"))
+    (tmp_path / "in.yuv").write_bytes(_rgb_to_planes(image, "ycbcr").tobytes())
+    import subprocess
+
+    subprocess.run([binaries["vtm"]["encoder"], "-c", binaries["vtm"]["config"], "-i",
+                    tmp_path / "in.yuv", "-b", tmp_path / "o.bin", "-q", "30", "-wdt", "192",
+                    "-hgt", "192", "--InputChromaFormat=444", "--InputBitDepth=8"], check=True)
+    assert row["bytes"] == (tmp_path / "o.bin").stat().st_size
+
+
+def test_external_codecs_without_binaries_are_skipped_in_one_line(caplog):
+    with caplog.at_level(logging.WARNING):
+        runnable = available_codecs({"jpeg": [50], "vtm": [32], "bpg": [30]},
+                                    {"vtm": {"encoder": None}})
+    assert list(runnable) == ["jpeg"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "vtm skipped: set anchors.binaries.vtm.{encoder,decoder,config}" in lines[0]
+
+
+def test_external_codec_pointing_at_nothing_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"anchors.binaries.bpg.encoder: .*nope is not a file"):
+        available_codecs({"bpg": [30]}, {"bpg": {"encoder": str(tmp_path / "nope"),
+                                                 "decoder": str(tmp_path / "nope2")}})
+
+
+def test_failing_external_codec_names_itself(crop_path, fake_binaries, tmp_path):
+    binaries, _ = fake_binaries
+    broken = {**binaries["vtm"], "config": str(tmp_path / "missing.cfg")}
+    with pytest.raises(LicbenchError, match=r"vtm: EncoderApp failed \(exit 1\) on QP 30: .*config missing"):
+        code_image("vtm", 30, "crop.png", str(crop_path), broken)
+
+
+def test_stage_records_external_codec_version(mirror, tmp_path, fake_binaries):
+    binaries, _ = fake_binaries
+    root = tmp_path / "data"
+    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
+    params = {"anchors": {"codecs": {"bpg": [30, 40], "hm": [37]}, "workers": 1, "max_images": 1,
+                          "binaries": {"bpg": binaries["bpg"]}}}
+    result = run_anchors_stage(params, "kodak", tmp_path / "out", root)
+    assert set(result) == {"bpg"}
+    assert "BPG Image Encoder version 0.9.8-fake" in result["bpg"]["description"]
+    assert result["bpg"]["results"]["qp"] == [40.0, 30.0]

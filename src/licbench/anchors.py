@@ -18,8 +18,11 @@ The codecs and what drives them:
   intra, 4:4:4), not BPG itself;
 - ``jpegxl``: libjxl through pillow-jxl-plugin, ``quality``.
 
-VTM, HM and bpgenc are not driven here: their published curves are the
-reference for those (see the report).
+- ``vtm``, ``hm``, ``bpg``: the reference software (VTM, HM) and Bellard's
+  bpgenc, run as external programs when ``anchors.binaries`` in params.yaml
+  points at them (sweep over QP), otherwise skipped with one log line. Their
+  published curves (:mod:`licbench.report.published`) stand in for them in the
+  report.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import subprocess
+import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -41,7 +46,7 @@ import pyarrow.parquet as pq
 from PIL import Image, features
 
 from .data.images import load_rgb8
-from .errors import ConfigError
+from .errors import ConfigError, LicbenchError
 from .fileio import atomic_path, write_json_atomic
 from .metrics import bpp_from_bytes, ms_ssim, psnr
 
@@ -66,6 +71,20 @@ def _encode_jpeg2000(im: Image.Image, ratio: float) -> bytes:
     return buf.getvalue()
 
 
+def _through_pillow(encode: Callable[[Image.Image, float], bytes]) -> Callable:
+    """A codec Pillow both encodes and decodes, in memory."""
+
+    def code(image: np.ndarray, setting: float, opts: dict, workdir: Path) -> Coded:
+        t0 = time.perf_counter()
+        data = encode(Image.fromarray(image), setting)
+        t1 = time.perf_counter()
+        with Image.open(io.BytesIO(data)) as dec:
+            decoded = np.asarray(dec.convert("RGB"))
+        return Coded(len(data), decoded, t1 - t0, time.perf_counter() - t1)
+
+    return code
+
+
 def _register_plugins() -> None:
     import pillow_heif
     import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
@@ -73,41 +92,178 @@ def _register_plugins() -> None:
     pillow_heif.register_heif_opener()
 
 
-def _version_pillow(feature: str, library: str) -> Callable[[], str]:
-    return lambda: f"{library} {features.version(feature)} (Pillow {Image.__version__})"
+def _version_pillow(feature: str, library: str) -> Callable[[dict], str]:
+    return lambda opts: f"{library} {features.version(feature)} (Pillow {Image.__version__})"
 
 
-def _version_heif() -> str:
+def _version_heif(opts: dict) -> str:
     import pillow_heif
 
     info = pillow_heif.libheif_info()
     return f"libheif {info['libheif']}, {info['encoders'].get('x265', 'no x265')} (pillow-heif {pillow_heif.__version__})"
 
 
-def _version_jxl() -> str:
+def _version_jxl(opts: dict) -> str:
     from importlib.metadata import version
 
     return f"libjxl (pillow-jxl-plugin {version('pillow-jxl-plugin')})"
 
 
+# --- Reference encoders run as external programs (VTM, HM, bpgenc) ---------
+#
+# Their command lines follow CompressAI's benchmark (compressai/utils/bench/
+# codecs.py), which produced the published VTM, HM and BPG curves: 8-bit
+# 4:4:4 input, in YCbCr (BT.601, full range, CompressAI's rgb2ycbcr) unless
+# ``colour: rgb`` asks for GBR coding. Two differences, both on the measuring
+# side: metrics compare the decoded RGB with the original RGB file (CompressAI
+# compares with the original after its own YCbCr round trip), and the
+# conversion back to RGB rounds (CompressAI truncates).
+
+EXTERNAL_TIMEOUT_S = 3600
+
+
+def _run_tool(cmd: list, codec: str, what: str) -> str:
+    cmd = [str(c) for c in cmd]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=EXTERNAL_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"anchors: {codec}: cannot run {cmd[0]}: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise LicbenchError(f"anchors: {codec}: {cmd[0]} took over {EXTERNAL_TIMEOUT_S} s on {what}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise LicbenchError(f"anchors: {codec}: {Path(cmd[0]).name} failed (exit {proc.returncode}) "
+                            f"on {what}: {' | '.join(tail)}")
+    return proc.stdout
+
+
+def _rgb_to_planes(image: np.ndarray, colour: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) uint8 planes, YCbCr or GBR as the encoder expects."""
+    planes = image.transpose(2, 0, 1)
+    if colour == "rgb":
+        return np.ascontiguousarray(planes)
+    import torch
+    from compressai.transforms.functional import rgb2ycbcr
+
+    ycc = rgb2ycbcr(torch.from_numpy(planes.astype(np.float32) / 255)).numpy()
+    return np.clip(np.round(ycc * 255), 0, 255).astype(np.uint8)
+
+
+def _planes_to_rgb(planes: np.ndarray, colour: str) -> np.ndarray:
+    if colour == "rgb":
+        return np.ascontiguousarray(planes.transpose(1, 2, 0))
+    import torch
+    from compressai.transforms.functional import ycbcr2rgb
+
+    rgb = ycbcr2rgb(torch.from_numpy(planes.astype(np.float32) / 255)).numpy()
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _reference_software(extra: list[str]) -> Callable:
+    """VTM (EncoderApp/DecoderApp) or HM (TAppEncoder/TAppDecoder), all-intra, one frame."""
+
+    def code(image: np.ndarray, qp: float, opts: dict, workdir: Path) -> Coded:
+        colour = opts.get("colour", "ycbcr")
+        h, w = image.shape[:2]
+        src, bits, rec = workdir / "in.yuv", workdir / "out.bin", workdir / "rec.yuv"
+        src.write_bytes(_rgb_to_planes(image, colour).tobytes())
+        cmd = [opts["encoder"], "-c", opts["config"], "-i", src, "-b", bits, "-o", os.devnull,
+               "-q", int(qp), "-wdt", w, "-hgt", h, "-fr", 1, "-f", 1,
+               "--InputChromaFormat=444", "--InputBitDepth=8", *extra]
+        if colour == "rgb":
+            cmd += ["--InputColourSpaceConvert=RGBtoGBR", "--SNRInternalColourSpace=1",
+                    "--OutputInternalColourSpace=0"]
+        cmd += [str(a) for a in opts.get("extra_args") or []]
+        what = f"QP {int(qp)}"
+        t0 = time.perf_counter()
+        _run_tool(cmd, opts["name"], what)
+        t1 = time.perf_counter()
+        cmd = [opts["decoder"], "-b", bits, "-o", rec, "-d", 8]
+        if colour == "rgb":
+            cmd.append("--OutputInternalColourSpace=GBRtoRGB")
+        _run_tool(cmd, opts["name"], what)
+        t2 = time.perf_counter()
+        planes = np.fromfile(rec, dtype=np.uint8)
+        if planes.size != 3 * h * w:
+            raise LicbenchError(f"anchors: {opts['name']}: decoder wrote {planes.size} bytes, "
+                                f"expected {3 * h * w} for {w}x{h} 4:4:4 8-bit")
+        decoded = _planes_to_rgb(planes.reshape(3, h, w), colour)
+        return Coded(bits.stat().st_size, decoded, t1 - t0, t2 - t1)
+
+    return code
+
+
+def _code_bpg(image: np.ndarray, qp: float, opts: dict, workdir: Path) -> Coded:
+    """Fabrice Bellard's bpgenc/bpgdec: x265, 4:4:4, YCbCr, 8 bits (CompressAI's settings)."""
+    src, bits, rec = workdir / "in.png", workdir / "out.bpg", workdir / "rec.png"
+    Image.fromarray(image).save(src)
+    what = f"QP {int(qp)}"
+    t0 = time.perf_counter()
+    _run_tool([opts["encoder"], "-o", bits, "-q", int(qp), "-f", "444", "-e", "x265",
+               "-c", "ycbcr", "-b", "8", *(opts.get("extra_args") or []), src], "bpg", what)
+    t1 = time.perf_counter()
+    _run_tool([opts["decoder"], "-o", rec, bits], "bpg", what)
+    t2 = time.perf_counter()
+    with Image.open(rec) as dec:
+        decoded = np.asarray(dec.convert("RGB"))
+    return Coded(bits.stat().st_size, decoded, t1 - t0, t2 - t1)
+
+
+def _version_banner(label: str, needle: str) -> Callable[[dict], str]:
+    """The line of the encoder's help text that names its version."""
+
+    def version(opts: dict) -> str:
+        try:
+            proc = subprocess.run([str(opts["encoder"]), "--help"], capture_output=True,
+                                  text=True, timeout=60)
+            text = proc.stdout + proc.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            text = ""
+        line = next((ln.strip() for ln in text.splitlines() if needle.lower() in ln.lower()), "")
+        return f"{label}: {line or 'version unknown'} ({opts['encoder']})"
+
+    return version
+
+
+@dataclass(frozen=True)
+class Coded:
+    nbytes: int
+    decoded: np.ndarray
+    encode_seconds: float
+    decode_seconds: float
+
+
 @dataclass(frozen=True)
 class ClassicalCodec:
     name: str
-    encode: Callable[[Image.Image, float], bytes]
-    version: Callable[[], str]
+    code: Callable[[np.ndarray, float, dict, Path], Coded]
+    version: Callable[[dict], str]
     setting: str  # what the sweep values mean
+    # Keys of params.yaml anchors.binaries.<name> an external codec needs.
+    needs: tuple[str, ...] = ()
 
 
 CODECS = {
     c.name: c
     for c in (
-        ClassicalCodec("jpeg", _pillow_encoder("JPEG"), _version_pillow("libjpeg_turbo", "libjpeg-turbo"), "quality"),
-        ClassicalCodec("webp", _pillow_encoder("WEBP"), _version_pillow("webp", "libwebp"), "quality"),
-        ClassicalCodec("jpeg2000", _encode_jpeg2000, _version_pillow("jpg_2000", "OpenJPEG"), "compression ratio"),
-        ClassicalCodec("avif", _pillow_encoder("AVIF", subsampling="4:4:4", speed=6),
+        ClassicalCodec("jpeg", _through_pillow(_pillow_encoder("JPEG")),
+                       _version_pillow("libjpeg_turbo", "libjpeg-turbo"), "quality"),
+        ClassicalCodec("webp", _through_pillow(_pillow_encoder("WEBP")),
+                       _version_pillow("webp", "libwebp"), "quality"),
+        ClassicalCodec("jpeg2000", _through_pillow(_encode_jpeg2000),
+                       _version_pillow("jpg_2000", "OpenJPEG"), "compression ratio"),
+        ClassicalCodec("avif", _through_pillow(_pillow_encoder("AVIF", subsampling="4:4:4", speed=6)),
                        _version_pillow("avif", "libavif"), "quality"),
-        ClassicalCodec("hevc444", _pillow_encoder("HEIF", chroma=444), _version_heif, "quality"),
-        ClassicalCodec("jpegxl", _pillow_encoder("JXL"), _version_jxl, "quality"),
+        ClassicalCodec("hevc444", _through_pillow(_pillow_encoder("HEIF", chroma=444)),
+                       _version_heif, "quality"),
+        ClassicalCodec("jpegxl", _through_pillow(_pillow_encoder("JXL")), _version_jxl, "quality"),
+        ClassicalCodec("vtm", _reference_software(["--ConformanceWindowMode=1"]),
+                       _version_banner("VTM", "version"), "QP", ("encoder", "decoder", "config")),
+        ClassicalCodec("hm", _reference_software(["--SEIDecodedPictureHash", "--Level=5.1",
+                                                  "--CUNoSplitIntraACT=0", "--ConformanceMode=1"]),
+                       _version_banner("HM", "version"), "QP", ("encoder", "decoder", "config")),
+        ClassicalCodec("bpg", _code_bpg, _version_banner("BPG", "version"), "QP",
+                       ("encoder", "decoder")),
     )
 }
 
@@ -119,22 +275,24 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-def code_image(codec: str, setting: float, name: str, path: str) -> dict:
-    """Encode one image with one codec setting, decode it, measure it."""
+def code_image(codec: str, setting: float, name: str, path: str, opts: dict | None = None) -> dict:
+    """Encode one image with one codec setting, decode it, measure it.
+
+    ``opts``: for an external codec, its entry of ``anchors.binaries``.
+    """
     _register_plugins()
     image = load_rgb8(path).array
-    im = Image.fromarray(image)
-    t0 = time.perf_counter()
-    data = CODECS[codec].encode(im, setting)
-    t1 = time.perf_counter()
-    with Image.open(io.BytesIO(data)) as dec:
-        decoded = np.asarray(dec.convert("RGB"))
-    t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"licbench-{codec}-") as workdir:
+        coded = CODECS[codec].code(image, setting, {"name": codec, **(opts or {})}, Path(workdir))
+    decoded = coded.decoded
     h, w = image.shape[:2]
+    if decoded.shape != image.shape:
+        raise LicbenchError(f"anchors: {codec} at {setting} decoded {name} to {decoded.shape}, "
+                            f"expected {image.shape}")
     return {"codec": codec, "setting": float(setting), "image": name, "width": w, "height": h,
-            "bytes": len(data), "bpp": bpp_from_bytes(len(data), h, w),
+            "bytes": coded.nbytes, "bpp": bpp_from_bytes(coded.nbytes, h, w),
             "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
-            "encode_seconds": t1 - t0, "decode_seconds": t2 - t1}
+            "encode_seconds": coded.encode_seconds, "decode_seconds": coded.decode_seconds}
 
 
 def _init_worker() -> None:
@@ -143,22 +301,50 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_anchors(images: list[tuple[str, Path]], sweeps: dict[str, list], workers: int) -> pa.Table:
+def available_codecs(sweeps: dict[str, list], binaries: dict | None) -> dict[str, dict]:
+    """The codecs of ``sweeps`` that can run, each with its options.
+
+    An external codec (VTM, HM, bpg) whose binaries params.yaml does not give is
+    skipped with one log line; one whose binaries are given but missing is an error.
+    """
     unknown = sorted(set(sweeps) - set(CODECS))
     if unknown:
         raise ConfigError(f"params.yaml anchors.codecs: unknown codec(s) {unknown}; known: {sorted(CODECS)}")
-    jobs = [(codec, s, name, str(path)) for codec, settings in sweeps.items()
-            for s in settings for name, path in images]
+    binaries = binaries or {}
+    out = {}
+    for codec in sweeps:
+        needs = CODECS[codec].needs
+        opts = dict(binaries.get(codec) or {})
+        missing = [k for k in needs if not opts.get(k)]
+        if missing:
+            log.warning("anchors: %s skipped: set anchors.binaries.%s.{%s} in params.yaml to run it",
+                        codec, codec, ",".join(needs))
+            continue
+        for key in needs:
+            if not Path(opts[key]).is_file():
+                raise ConfigError(f"params.yaml anchors.binaries.{codec}.{key}: "
+                                  f"{opts[key]} is not a file")
+        if opts.get("colour", "ycbcr") not in ("ycbcr", "rgb"):
+            raise ConfigError(f"params.yaml anchors.binaries.{codec}.colour must be ycbcr or rgb")
+        out[codec] = opts
+    return out
+
+
+def run_anchors(images: list[tuple[str, Path]], sweeps: dict[str, list], workers: int,
+                binaries: dict | None = None) -> pa.Table:
+    runnable = available_codecs(sweeps, binaries)
+    jobs = [(codec, s, name, str(path), runnable[codec]) for codec, settings in sweeps.items()
+            if codec in runnable for s in settings for name, path in images]
     if workers <= 1:
         rows = [code_image(*job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker) as pool:
-            rows = list(pool.map(code_image, *zip(*jobs), chunksize=4))
+            rows = list(pool.map(code_image, *zip(*jobs), chunksize=4)) if jobs else []
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def curves(table: pa.Table) -> dict[str, dict]:
+def curves(table: pa.Table, binaries: dict | None = None) -> dict[str, dict]:
     """Per codec, the mean over images at each setting, in CompressAI's results
     JSON layout (``{"name", "description", "results": {"bpp", "psnr-rgb", ...}}``),
     ordered by rate."""
@@ -169,11 +355,12 @@ def curves(table: pa.Table) -> dict[str, dict]:
     for (codec, setting), rows in sorted(groups.items()):
         entry = out.setdefault(codec, {
             "name": codec,
-            "description": f"{CODECS[codec].version()}; sweep over {CODECS[codec].setting}",
+            "description": f"{CODECS[codec].version((binaries or {}).get(codec) or {})}; "
+                           f"sweep over {CODECS[codec].setting}",
             "results": defaultdict(list),
         })
         res = entry["results"]
-        res[CODECS[codec].setting.replace(" ", "_")].append(setting)
+        res[CODECS[codec].setting.replace(" ", "_").lower()].append(setting)
         res["bpp"].append(float(np.mean([r["bpp"] for r in rows])))
         res["psnr-rgb"].append(float(np.mean([r["psnr"] for r in rows])))
         values = [r["ms_ssim"] for r in rows if r["ms_ssim"] is not None]
@@ -199,10 +386,11 @@ def run_anchors_stage(params: dict, dataset: str, out_dir: str | Path,
     workers = int(cfg.get("workers") or os.cpu_count() or 1)
     log.info("%s: %d codecs x their settings on %d images, %d workers",
              dataset, len(sweeps), len(images), workers)
-    table = run_anchors(images, sweeps, workers)
+    binaries = cfg.get("binaries") or {}
+    table = run_anchors(images, sweeps, workers, binaries)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "per_image.parquet") as tmp:
         pq.write_table(table, tmp)
-    result = curves(table)
+    result = curves(table, binaries)
     write_json_atomic(out_dir / "curves.json", result)
     return result
