@@ -1,0 +1,21 @@
+"""DVC stage `report@<set>`: RD plots, BD-rate table (Markdown, JSON) and the MLflow report run."""
+
+import argparse
+
+from licbench.entry import run_main
+from licbench.params import load_params
+from licbench.report.rd import run_report_stage
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+    run_report_stage(load_params(args.params), args.dataset, args.out, args.data_root)
+
+
+if __name__ == "__main__":
+    run_main(main)

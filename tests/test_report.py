@@ -1,0 +1,176 @@
+"""The report stage on constructed evaluation summaries and anchor curves."""
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from licbench.errors import ConfigError, LicbenchError
+from licbench.report import published
+from licbench.report.bdrate import bd_quality, bd_rate
+from licbench.report.rd import build_report, log_report
+from licbench.tracking import TAG_WEIGHTS, use_experiment
+
+LAMBDAS = [0.0018, 0.0035, 0.0067, 0.013]
+# A made-up codec: PSNR = 10 log10(bpp) + 33, MS-SSIM following it.
+BPP = [0.12, 0.2, 0.35, 0.6]
+
+
+def quality(bpp, shift=0.0):
+    psnr = [10 * math.log10(b) + 33 + shift for b in bpp]
+    msssim = [1 - 10 ** (-(p - 16) / 10) for p in psnr]
+    return psnr, msssim
+
+
+def write_summaries(root, arch, bpp, rate_scale=1.0, shift=0.0, lambdas=LAMBDAS):
+    """Evaluations of a model reaching the made-up codec's quality at ``bpp``
+    (plus ``shift`` dB) with ``rate_scale`` times its rate."""
+    folder = root / "metrics" / "kodak"
+    folder.mkdir(parents=True, exist_ok=True)
+    psnr, msssim = quality(bpp, shift)
+    for i, lm in enumerate(lambdas):
+        summary = {"arch": arch, "lambda": lm, "bpp": rate_scale * bpp[i], "psnr": psnr[i],
+                   "ms_ssim": msssim[i], "bpp_estimated": bpp[i] * 0.98, "encode_seconds": 0.1,
+                   "decode_seconds": 0.2, "weights_sha256": f"{arch}-{i}".ljust(64, "0"),
+                   "model": f"{arch}-{lm}", "dataset": "kodak", "images": 24}
+        (folder / f"{arch}-{lm}.json").write_text(json.dumps(summary))
+
+
+def write_anchors(root, codecs):
+    folder = root / "anchors" / "kodak"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, bpp in codecs.items():
+        psnr, msssim = quality(bpp)
+        out[name] = {"name": name, "description": f"{name} 1.0",
+                     "results": {"quality": list(range(len(bpp))), "bpp": bpp, "psnr-rgb": psnr,
+                                 "ms-ssim-rgb": msssim}}
+    (folder / "curves.json").write_text(json.dumps(out))
+
+
+PARAMS = {"archs": ["toy"], "lambdas": LAMBDAS, "mlflow": {"experiment": "test"},
+          "report": {"method": "pchip", "published": ["vtm"]}}
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    # The model needs 20% fewer bits than the anchor at every quality.
+    write_summaries(root, "toy", BPP, rate_scale=0.8)
+    write_anchors(root, {"jpeg": BPP, "far": [5.0, 6.0, 7.0, 8.0]})
+    return root
+
+
+def test_known_answer_and_table(data_root, tmp_path):
+    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    cell = report.table["toy"]["jpeg"]
+    for method in ("pchip", "cubic"):
+        # Rate scaled by 0.8 at equal quality: BD-rate is exactly -20 %.
+        assert cell["psnr"][f"bd_rate_{method}"] == pytest.approx(-20.0, abs=1e-6)
+        assert cell["ms_ssim"][f"bd_rate_{method}"] == pytest.approx(-20.0, abs=1e-6)
+        # PSNR = 10 log10(bpp) + c: the same curve 0.97 dB higher at equal rate.
+        assert cell["psnr"][f"bd_psnr_{method}"] == pytest.approx(-10 * math.log10(0.8), abs=1e-6)
+    assert "warnings" not in cell["psnr"]
+    # No overlap at all: no value, and the table says so.
+    assert report.table["toy"]["far"]["psnr"]["bd_rate_pchip"] is None
+    assert any("do not overlap" in w for w in report.table["toy"]["far"]["psnr"]["warnings"])
+    md = (tmp_path / "out" / "bd_rate.md").read_text()
+    assert "| jpeg [this run] | -20.00 % | +0.97 dB | -20.00 % |" in md
+    assert "| far [this run] * | n/a |" in md
+    saved = json.loads((tmp_path / "out" / "bd_rate.json").read_text())
+    assert saved["bd"]["toy"]["jpeg"]["psnr"]["bd_rate_cubic"] == pytest.approx(-20.0, abs=1e-6)
+
+
+def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
+    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    vtm = published.load("kodak", "vtm")["results"]
+    model = next(c for c in report.curves if c.id == "toy")
+    cell = report.table["toy"]["published_vtm"]["psnr"]
+    with pytest.warns(Warning):  # the toy curve covers part of VTM's range only
+        expected = bd_rate(vtm["bpp"], vtm["psnr-rgb"], model.bpp, model.psnr, "pchip")
+    assert cell["bd_rate_pchip"] == pytest.approx(expected)
+    with pytest.warns(Warning):
+        expected = bd_quality(vtm["bpp"], vtm["psnr-rgb"], model.bpp, model.psnr, "cubic")
+    assert cell["bd_psnr_cubic"] == pytest.approx(expected)
+    assert "VTM [published]" in report.markdown
+
+
+def test_plots_and_compressai_json(data_root, tmp_path):
+    from compressai.utils.plot.__main__ import parse_json_file
+
+    build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    for name in ("rd_psnr.png", "rd_ms_ssim.png"):
+        with Image.open(tmp_path / "out" / name) as im:
+            assert im.format == "PNG" and im.size[0] > 600
+            # Not a blank canvas: lines in several colours.
+            assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 20
+    parsed = parse_json_file(tmp_path / "out" / "compressai" / "toy.json", "psnr")
+    assert parsed["name"] == "toy"
+    assert parsed["xs"] == pytest.approx([0.8 * b for b in BPP])
+    parsed = parse_json_file(tmp_path / "out" / "compressai" / "toy.json", "ms-ssim")
+    assert parsed["ys"][0] == pytest.approx(quality(BPP)[0][0] - 16)
+    points = json.loads((tmp_path / "out" / "rd_points.json").read_text())
+    assert {p["kind"] for p in points} == {"trained", "anchor", "published"}
+
+
+def test_three_lambdas_warn_in_the_table(tmp_path):
+    root = tmp_path / "data"
+    write_summaries(root, "toy", BPP[:3], shift=-1, lambdas=LAMBDAS[:3])
+    write_anchors(root, {"jpeg": BPP})
+    params = {**PARAMS, "lambdas": LAMBDAS[:3], "report": {"published": []}}
+    report = build_report(params, "kodak", tmp_path / "out", root)
+    cell = report.table["toy"]["jpeg"]["psnr"]
+    assert cell["bd_rate_pchip"] > 0
+    assert any(w.startswith("PSNR: ") and "3 points" in w for w in cell["warnings"])
+    assert "## Warnings" in report.markdown
+
+
+def test_missing_evaluation_is_named(data_root, tmp_path):
+    params = {**PARAMS, "lambdas": LAMBDAS + [0.05]}
+    with pytest.raises(LicbenchError, match=r"metrics/kodak: no evaluation of toy at lambda \[0.05\]"):
+        build_report(params, "kodak", tmp_path / "out", data_root)
+    (data_root / "metrics" / "kodak" / "broken.json").write_text("{")
+    with pytest.raises(LicbenchError, match=r"broken.json: not an evaluate summary"):
+        build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+
+
+def test_unknown_published_curve_lists_the_known(data_root, tmp_path):
+    params = {**PARAMS, "report": {"published": ["vvc-17"]}}
+    with pytest.raises(ConfigError, match=r"no published curve 'vvc-17' for kodak; available: .*'vtm'"):
+        build_report(params, "kodak", tmp_path / "out", data_root)
+    with pytest.raises(ConfigError, match="report.method"):
+        build_report({**PARAMS, "report": {"method": "linear"}}, "kodak", tmp_path / "o", data_root)
+
+
+def test_published_curves_carry_source_and_licence():
+    ids = published.available("kodak")
+    assert {"vtm", "bpg", "hm", "segpic", "wacnn", "charm", "compressai-mbt2018-mean"} <= set(ids)
+    for curve_id in ids:
+        entry = published.load("kodak", curve_id)
+        assert entry["published"] is True and entry["licence"]
+        assert {"repository", "path", "commit"} <= set(entry["source"])
+        res = entry["results"]
+        assert len(res["bpp"]) == len(res["psnr-rgb"]) >= 4
+        assert res["bpp"] == sorted(res["bpp"])
+
+
+def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    experiment_id = use_experiment("test")
+    with mlflow.start_run(run_name="toy-0.0018") as model_run:
+        mlflow.set_tag(TAG_WEIGHTS, "toy-0".ljust(64, "0"))
+    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    parent_id = log_report(report, PARAMS)
+    client = mlflow.MlflowClient()
+    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.data.metrics["bd_rate_vs_jpeg"] == pytest.approx(-20.0, abs=1e-6)
+    assert "bd_rate_vs_far" not in child.data.metrics  # no overlap, no number
+    assert child.data.tags["licbench.model_runs"] == model_run.info.run_id
+    assert model_run.info.run_id in child.data.tags["mlflow.note.content"]
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"bd_rate.md", "bd_rate.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
