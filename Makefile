@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python stages/...`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test clean-outputs
+.PHONY: install run test browser clean-outputs
 
 install: $(STAMP)
 
@@ -24,6 +24,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium for the MLflow UI test (tests/test_mlflow_ui.py); needs
+# root or sudo and Debian's package mirror. Without it that test is skipped.
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
+	  /usr/bin/chromium --version; fi
 
 clean-outputs:
 	rm -rf data models mlruns.db mlartifacts

@@ -24,7 +24,9 @@ TINY = {
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
               "log_every": 1},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
-    "anchors": {"codecs": {"jpeg": [20, 80]}, "workers": 2, "max_images": 2},
+    "anchors": {"codecs": {"jpeg": [20, 80], "vtm": [32]}, "binaries": {}, "workers": 2,
+                "max_images": 2},
+    "report": {"method": "pchip", "published": ["vtm"]},
     "mlflow": {"experiment": "licbench"},
 }
 
@@ -66,8 +68,10 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     # 1. A fresh repro runs every stage.
     out = run(dvc + ["repro"], repo_copy, env)
     for stage in ("datasets@kodak", "anchors@kodak", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
-                  "evaluate@mbt2018-mean-0.01-kodak", "evaluate@mbt2018-mean-0.05-kodak"):
+                  "evaluate@mbt2018-mean-0.01-kodak", "evaluate@mbt2018-mean-0.05-kodak",
+                  "report@kodak"):
         assert f"Running stage '{stage}'" in out
+    assert "vtm skipped: set anchors.binaries.vtm" in out
     assert len(list((repo_copy / "data/kodak").glob("*.png"))) == 24
     ckpt = repo_copy / "models/mbt2018-mean-0.01/checkpoint.pt"
     assert ckpt.is_file()
@@ -78,11 +82,18 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     metrics = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env))
     flat = json.dumps(metrics)
     assert "data/metrics/kodak/mbt2018-mean-0.05.json" in flat and '"psnr"' in flat
+    assert "data/report/kodak/bd_rate.json" in flat and "published_vtm" in flat
+    assert (repo_copy / "data/report/kodak/rd_psnr.png").stat().st_size > 10_000
+    assert (repo_copy / "data/report/kodak/compressai/mbt2018-mean.json").is_file()
+    run(dvc + ["plots", "show", "--out", str(repo_copy / "plots_out")], repo_copy, env)
+    page = (repo_copy / "plots_out" / "index.html").read_text()
+    assert "rd_psnr.png" in page and "mbt2018-mean [trained here]" in page
 
     # MLflow: one run per (architecture, lambda), with training curves and evaluation.
     with sqlite3.connect(repo_copy / "mlruns.db") as db:
         runs = dict(db.execute("SELECT name, run_uuid FROM runs").fetchall())
-        assert sorted(runs) == ["mbt2018-mean-0.01", "mbt2018-mean-0.05"]
+        assert sorted(runs) == ["mbt2018-mean-0.01", "mbt2018-mean-0.05", "report-kodak",
+                                "report-kodak-mbt2018-mean"]
         keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics")}
         assert {"train/loss", "train/bpp", "train/mse", "kodak/bpp", "kodak/psnr"} <= keys
         params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?",
@@ -109,6 +120,6 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     with prefect_test_harness():
         [out] = flow_module["repro"](repo=str(repo_copy))
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate@mbt2018-mean-0.02-kodak", "train@mbt2018-mean-0.02"]
+    assert ran == ["evaluate@mbt2018-mean-0.02-kodak", "report@kodak", "train@mbt2018-mean-0.02"]
     assert ckpt.stat().st_mtime_ns == mtime
     assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}

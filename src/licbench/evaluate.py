@@ -112,6 +112,29 @@ def evaluate_checkpoint(
     return table, summarize(rows)
 
 
+def log_evaluation(experiment: str, summary: dict, config: dict, per_image: Path) -> str:
+    """Log one model's evaluation on one set into the model's MLflow run (found by
+    its weights' hash; a new run if training logged none). Returns the run id."""
+    import mlflow
+
+    from . import tracking
+
+    experiment_id = tracking.use_experiment(experiment)
+    run_id = tracking.find_model_run(experiment_id, summary["weights_sha256"])
+    if run_id is None:
+        log.warning("no MLflow run logged these weights; starting one for the evaluation")
+    dataset = summary["dataset"]
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=summary["model"]) as run:
+        if run_id is None:
+            mlflow.set_tags({tracking.TAG_MODEL_KEY: summary["model"],
+                             tracking.TAG_WEIGHTS: summary["weights_sha256"]})
+            mlflow.log_params({"arch": summary["arch"], **config, "lambda": summary["lambda"]})
+        mlflow.log_metrics({f"{dataset}/{k}": v for k, v in summary.items()
+                            if isinstance(v, float) and k != "lambda"})
+        mlflow.log_artifact(str(per_image), artifact_path=f"eval/{dataset}")
+        return run.info.run_id
+
+
 def run_evaluate_stage(
     params: dict,
     checkpoint_path: str | Path,
@@ -121,10 +144,6 @@ def run_evaluate_stage(
     data_root: str | Path = "data",
 ) -> dict:
     """What ``stages/evaluate.py`` runs: evaluate one model on one set, log to MLflow."""
-    import mlflow
-
-    from . import tracking
-
     cfg = params.get("evaluate", {})
     ckpt = load_checkpoint(checkpoint_path, device=cfg.get("device", "cpu"))
     images = evaluation_images(dataset, data_root, cfg.get("max_images"))
@@ -132,18 +151,8 @@ def run_evaluate_stage(
     summary = {"dataset": dataset, "model": ckpt.key, "arch": ckpt.arch, "lambda": ckpt.lmbda,
                "weights_sha256": ckpt.weights_sha256, **summary}
 
-    experiment_id = tracking.use_experiment(params.get("mlflow", {}).get("experiment", "licbench"))
-    run_id = tracking.find_model_run(experiment_id, ckpt.weights_sha256)
-    if run_id is None:
-        log.warning("no MLflow run logged these weights; starting one for the evaluation")
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=ckpt.key):
-        if run_id is None:
-            mlflow.set_tags({tracking.TAG_MODEL_KEY: ckpt.key,
-                             tracking.TAG_WEIGHTS: ckpt.weights_sha256})
-            mlflow.log_params({"arch": ckpt.arch, **ckpt.config, "lambda": ckpt.lmbda})
-        mlflow.log_metrics({f"{dataset}/{k}": v for k, v in summary.items()
-                            if isinstance(v, float) and k != "lambda"})
-        mlflow.log_artifact(str(Path(out_dir) / "per_image.parquet"), artifact_path=f"eval/{dataset}")
+    log_evaluation(params.get("mlflow", {}).get("experiment", "licbench"), summary, ckpt.config,
+                   Path(out_dir) / "per_image.parquet")
     write_json_atomic(summary_path, summary)
     log.info("%s on %s: %.4f bpp, %.2f dB PSNR", ckpt.key, dataset, summary["bpp"], summary["psnr"])
     return summary
