@@ -161,7 +161,7 @@ def test_external_codec_pointing_at_nothing_is_an_error(tmp_path):
 def test_failing_external_codec_names_itself(crop_path, fake_binaries, tmp_path):
     binaries, _ = fake_binaries
     broken = {**binaries["vtm"], "config": str(tmp_path / "missing.cfg")}
-    with pytest.raises(LicbenchError, match=r"vtm: EncoderApp failed \(exit 1\) on QP 30: .*config missing"):
+    with pytest.raises(LicbenchError, match=r"crop.png: anchors: vtm: EncoderApp failed \(exit 1\) on QP 30: .*config missing"):
         code_image("vtm", 30, "crop.png", str(crop_path), broken)
 
 

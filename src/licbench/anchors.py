@@ -283,7 +283,10 @@ def code_image(codec: str, setting: float, name: str, path: str, opts: dict | No
     _register_plugins()
     image = load_rgb8(path).array
     with tempfile.TemporaryDirectory(prefix=f"licbench-{codec}-") as workdir:
-        coded = CODECS[codec].code(image, setting, {"name": codec, **(opts or {})}, Path(workdir))
+        try:
+            coded = CODECS[codec].code(image, setting, {"name": codec, **(opts or {})}, Path(workdir))
+        except LicbenchError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
     decoded = coded.decoded
     h, w = image.shape[:2]
     if decoded.shape != image.shape:
