@@ -176,15 +176,18 @@ def sam_settings(cfg: dict | None) -> dict:
     return settings
 
 
-def load_sam(model_type: str, checkpoint: str | Path):
+def load_sam(model_type: str, checkpoint: str | Path, build: Callable[[], object] | None = None):
     """SAM of ``model_type`` with the weights of ``checkpoint`` (a state dict),
-    loaded with ``torch.load(weights_only=True)``."""
+    loaded with ``torch.load(weights_only=True)``. ``build``: makes the empty
+    model instead of segment-anything's registry (tests use a tiny SAM)."""
     import torch
     from segment_anything import sam_model_registry
 
-    if model_type not in sam_model_registry:
-        raise ConfigError(f"unknown SAM model type {model_type!r}")
-    model = sam_model_registry[model_type](checkpoint=None)
+    if build is None:
+        if model_type not in sam_model_registry:
+            raise ConfigError(f"unknown SAM model type {model_type!r}")
+        build = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
+    model = build()
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -292,11 +295,12 @@ def resolve_device(name: str) -> str:
 
 
 def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | None = None,
-                   model=None) -> Segmenter:
+                   model=None, build: Callable[[], object] | None = None) -> Segmenter:
     """The Segmenter params.yaml's ``masks`` section asks for.
 
     ``model``: an already-built SAM (tests, benchmarks) used instead of a
-    checkpoint. With ``generator: sam`` and no checkpoint to be had, the
+    checkpoint; ``build``: makes the empty model the checkpoint is loaded into
+    (default: segment-anything's registry for ``model_type``). With ``generator: sam`` and no checkpoint to be had, the
     fallback is used when ``fallback_when_unavailable`` is true (one WARNING
     line, recorded in the output's metadata); otherwise it is an error.
     """
@@ -323,4 +327,4 @@ def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | N
         fallback = make_fallback(cfg.get("fallback"), requested="sam", reason=reason)
         log.warning("%s; using the %s fallback segmenter", reason, fallback.name)
         return fallback
-    return make_sam(load_sam(settings["model_type"], path), settings, device, sha256)
+    return make_sam(load_sam(settings["model_type"], path, build), settings, device, sha256)

@@ -118,10 +118,10 @@ def select_images(manifest, splits: list[str], data_root: Path, max_images: int 
 
 
 def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_path: str | Path,
-                    data_root: str | Path = "data", model=None) -> dict:
+                    data_root: str | Path = "data", model=None, build=None) -> dict:
     """What ``stages/masks.py`` runs: masks for one set's configured splits.
 
-    ``model``: an already-built SAM to use instead of a checkpoint (tests).
+    ``model``, ``build``: see :func:`licbench.masks.generate.make_segmenter` (tests).
     """
     import mlflow
 
@@ -138,7 +138,7 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
     manifest = read_manifest(data_root / "manifests" / f"{dataset}.parquet")
     images = select_images(manifest, splits, data_root, cfg.get("max_images"))
     mirror = resolve_mirror((params.get("datasets") or {}).get("mirror"))
-    segmenter = make_segmenter(cfg, mirror=mirror, model=model)
+    segmenter = make_segmenter(cfg, mirror=mirror, model=model, build=build)
     metadata = {
         "dataset": dataset, "splits": splits, "manifest_sha256": manifest_digest(manifest),
         "generator": segmenter.name, "requested_generator": segmenter.requested or segmenter.name,
