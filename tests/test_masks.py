@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from licbench.data.datasets import MANIFEST_SCHEMA, write_manifest
-from licbench.errors import CheckpointError, ChecksumError, DownloadError, MaskError
+from licbench.errors import CheckpointError, ChecksumError, ConfigError, DownloadError, MaskError
 from licbench.masks import (crop_flip, decode_rle, encode_rle, load_masks, partition_from_masks,
                             partition_from_rles)
 from licbench.masks.generate import (label_map_masks, load_sam, make_segmenter, mask_record)
@@ -323,10 +323,16 @@ def test_fallback_stage_resumes_and_does_not_depend_on_order_or_workers(toy_root
 
 def test_bad_input_gives_clear_errors(toy_root, tmp_path):
     out = tmp_path / "masks"
-    cfg = {"generator": "fallback", "fallback": {"scale": 50, "min_size": 20}}
-    run_masks_stage(params_for(cfg, splits=["train"]), "toy", out, tmp_path / "s.json", toy_root)
+    # SAM asked for, offline (an empty mirror): the fallback runs and says so.
+    (tmp_path / "mirror").mkdir()
+    cfg = dict(SAM_CFG, fallback_when_unavailable=True, fallback={"scale": 50, "min_size": 20})
+    params = dict(params_for(cfg, splits=["train"]), datasets={"mirror": str(tmp_path / "mirror")})
+    stats = run_masks_stage(params, "toy", out, tmp_path / "s.json", toy_root)
     manifest_path = toy_root / "manifests" / "toy.parquet"
     table = load_masks(out, manifest_path)
+    assert stats["fallback"] == 1 and table.metadata["requested_generator"] == "sam"
+    assert table.metadata["generator"] == "felzenszwalb"
+    assert "SAM checkpoint unavailable" in table.metadata["fallback_reason"]
     with pytest.raises(MaskError, match=r"masks\.parquet: no masks for image 'toy/val/kodim23.png'"):
         table.partition("toy/val/kodim23.png")
     with pytest.raises(MaskError, match="is 10x10, its masks are 64x96"):
@@ -342,5 +348,5 @@ def test_bad_input_gives_clear_errors(toy_root, tmp_path):
     (out / "masks.parquet").write_bytes(b"PAR1 damaged")
     with pytest.raises(MaskError, match="not a readable Parquet mask table"):
         load_masks(out)
-    with pytest.raises(Exception, match="split"):
+    with pytest.raises(ConfigError, match=r"split\(s\) \['nope'\] not in the manifest"):
         run_masks_stage(params_for(cfg, splits=["nope"]), "toy", out, tmp_path / "s.json", toy_root)
