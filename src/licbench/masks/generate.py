@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..errors import CheckpointError, ConfigError, DownloadError
 from .rle import encode_rle
@@ -43,7 +44,7 @@ OFFICIAL_CHECKPOINTS = {
 SAM_DEFAULTS = {"points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.88,
                 "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
 FALLBACK_DEFAULTS = {"method": "felzenszwalb", "scale": 300.0, "sigma": 0.8, "min_size": 200,
-                     "n_segments": 64, "compactness": 10.0}
+                     "n_segments": 64, "compactness": 10.0, "downscale": 1}
 FORMAT_VERSION = 1
 
 
@@ -103,20 +104,36 @@ def fallback_settings(cfg: dict | None) -> dict:
     if settings["method"] not in ("felzenszwalb", "slic"):
         raise ConfigError(f"params.yaml masks.fallback.method: {settings['method']!r} is not "
                           "felzenszwalb or slic")
+    if int(settings["downscale"]) < 1:
+        raise ConfigError("params.yaml masks.fallback.downscale must be an integer >= 1")
     return settings
 
 
 def fallback_segment(image: np.ndarray, settings: dict) -> list[Mask]:
     """Felzenszwalb's graph segmentation or SLIC superpixels: a partition, one
-    mask per segment (no predicted IoU or stability score)."""
+    mask per segment (no predicted IoU or stability score).
+
+    With ``downscale`` f > 1 the image is segmented at 1/f of its size (box
+    filter) and each label is repeated over its f x f block: f² times less work,
+    boundaries on an f-pixel grid. ``min_size`` counts full-size pixels.
+    """
     from skimage.segmentation import felzenszwalb, slic
 
+    height, width = image.shape[:2]
+    f = int(settings["downscale"])
+    small = image
+    if f > 1:
+        size = (max(1, -(-width // f)), max(1, -(-height // f)))
+        small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    min_size = max(1, int(settings["min_size"]) // (f * f))
     if settings["method"] == "felzenszwalb":
-        labels = felzenszwalb(image, scale=float(settings["scale"]), sigma=float(settings["sigma"]),
-                              min_size=int(settings["min_size"]))
+        labels = felzenszwalb(small, scale=float(settings["scale"]), sigma=float(settings["sigma"]),
+                              min_size=min_size)
     else:
-        labels = slic(image, n_segments=int(settings["n_segments"]),
+        labels = slic(small, n_segments=int(settings["n_segments"]),
                       compactness=float(settings["compactness"]), start_label=0)
+    if f > 1:
+        labels = np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[:height, :width]
     return canonical_order(label_map_masks(labels),
                            int(settings["min_size"]) if settings["method"] == "slic" else 0)
 

@@ -48,12 +48,6 @@ def _fallback_job(job: tuple) -> dict:
                        digest, out_dir)
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path,
                    metadata: dict, workers: int = 1) -> MaskTable:
     """Segment ``images`` (dicts: image, path, split, sha256) into ``out_dir``.
@@ -74,8 +68,7 @@ def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path
     jobs = [(im["image"], str(im["path"]), im["split"], im["sha256"]) for im in todo]
     bar = tqdm(total=len(jobs), desc=f"masks ({segmenter.name})", unit="image")
     if workers > 1 and segmenter.parallel_safe and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             full = [j + (segmenter.settings, digest, str(out_dir)) for j in jobs]
             for _ in pool.map(_fallback_job, full, chunksize=4):
                 bar.update()
