@@ -68,10 +68,17 @@ def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path
     jobs = [(im["image"], str(im["path"]), im["split"], im["sha256"]) for im in todo]
     bar = tqdm(total=len(jobs), desc=f"masks ({segmenter.name})", unit="image")
     if workers > 1 and segmenter.parallel_safe and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        try:
             full = [j + (segmenter.settings, digest, str(out_dir)) for j in jobs]
-            for _ in pool.map(_fallback_job, full, chunksize=4):
+            for _ in pool.map(_fallback_job, full, chunksize=2):
                 bar.update()
+        except BaseException:
+            # Interrupted or failed: drop the queued images at once; the parts
+            # written so far stay for the next run.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         for job in jobs:
             segment_one(*job, segmenter.segment, digest, str(out_dir))
