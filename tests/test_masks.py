@@ -6,9 +6,9 @@ import json
 import logging
 import sqlite3
 from functools import partial
-from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -18,11 +18,8 @@ from licbench.data.datasets import MANIFEST_SCHEMA, write_manifest
 from licbench.errors import CheckpointError, ChecksumError, ConfigError, DownloadError, MaskError
 from licbench.masks import (crop_flip, decode_rle, encode_rle, load_masks, partition_from_masks,
                             partition_from_rles)
-from licbench.masks.generate import (label_map_masks, load_sam, make_segmenter, mask_record)
+from licbench.masks.generate import label_map_masks, load_sam, make_segmenter, mask_record
 from licbench.masks.stage import generate_masks, run_masks_stage, select_images
-from licbench.masks.table import part_path
-
-import pyarrow as pa
 
 
 # --- helpers ---------------------------------------------------------------
@@ -268,6 +265,12 @@ def test_stage_with_random_sam_writes_table_overlays_and_mlflow_run(toy_root, tm
     for name, (h, w) in table.images.items():
         assert_partition(table.partition(name), (h, w))
     assert len(list((out / "overlays").glob("*.png"))) == 2
+    # The same masks whatever the order the images come in.
+    manifest = pq.read_table(toy_root / "manifests" / "toy.parquet")
+    images = select_images(manifest, ["train", "val"], toy_root, None)[::-1]
+    generate_masks(images, make_segmenter(SAM_CFG, model=tiny_sam()), tmp_path / "rev", {})
+    a, b = pq.read_table(out / "masks.parquet"), pq.read_table(tmp_path / "rev" / "masks.parquet")
+    assert a.replace_schema_metadata(None).equals(b.replace_schema_metadata(None))
     with sqlite3.connect(tmp_path / "mlruns.db") as db:
         [(run,)] = db.execute("SELECT run_uuid FROM runs WHERE name = 'masks-toy'").fetchall()
         tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run,)).fetchall())

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..data.images import load_rgb8
-from ..errors import ConfigError
+from ..errors import ConfigError, MaskError
 from ..fileio import atomic_path, write_json_atomic
 from .generate import Segmenter, fallback_segment, make_segmenter
 from .rle import ones_indices
@@ -86,7 +86,7 @@ def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path
     bar.close()
     parts = [read_part(part_path(out_dir, im["image"]), digest, im["sha256"]) for im in images]
     if any(p is None for p in parts):
-        raise ConfigError(f"{out_dir}: a part vanished while the stage ran")  # pragma: no cover
+        raise MaskError(f"{out_dir}: a part vanished while the stage ran")
     write_tables(out_dir, parts, metadata | {"settings_sha256": digest})
     return MaskTable(out_dir)
 
