@@ -104,7 +104,12 @@ def fallback_settings(cfg: dict | None) -> dict:
     if settings["method"] not in ("felzenszwalb", "slic"):
         raise ConfigError(f"params.yaml masks.fallback.method: {settings['method']!r} is not "
                           "felzenszwalb or slic")
-    if int(settings["downscale"]) < 1:
+    try:
+        # Typed, so that 300 and 300.0 give the same settings digest.
+        settings = {k: type(FALLBACK_DEFAULTS[k])(v) for k, v in settings.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"params.yaml masks.fallback: {exc}") from None
+    if settings["downscale"] < 1:
         raise ConfigError("params.yaml masks.fallback.downscale must be an integer >= 1")
     return settings
 
@@ -180,9 +185,12 @@ def make_fallback(cfg: dict | None, requested: str = "fallback", reason: str = "
 
 def sam_settings(cfg: dict | None) -> dict:
     cfg = dict(cfg or {})
-    settings = {k: cfg.pop(k, v) for k, v in SAM_DEFAULTS.items()}
-    settings["min_region_area"] = int(cfg.pop("min_region_area", 0))
-    settings["model_type"] = cfg.pop("model_type", "vit_b")
+    try:
+        settings = {k: type(v)(cfg.pop(k, v)) for k, v in SAM_DEFAULTS.items()}
+        settings["min_region_area"] = int(cfg.pop("min_region_area", 0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"params.yaml masks.sam: {exc}") from None
+    settings["model_type"] = str(cfg.pop("model_type", "vit_b"))
     for key in ("checkpoint", "sha256"):
         cfg.pop(key, None)
     if cfg:

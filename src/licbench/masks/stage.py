@@ -154,6 +154,8 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
     info = _image_rows(out_dir)
     regions = []
     overlay_dir = out_dir / "overlays"
+    for old in overlay_dir.glob("*.png"):  # a persisted folder: drop the last run's
+        old.unlink()
     overlays = []
     for im in images[: int(cfg.get("overlays", 4) or 0)]:
         array = load_rgb8(im["path"]).array
