@@ -27,6 +27,9 @@ TINY = {
     "anchors": {"codecs": {"jpeg": [20, 80], "vtm": [32]}, "binaries": {}, "workers": 2,
                 "max_images": 2},
     "report": {"method": "pchip", "published": ["vtm"]},
+    "masks": {"sets": {"kodak": ["test"]}, "generator": "fallback", "fallback_when_unavailable": True,
+              "device": "cpu", "workers": 1, "max_images": 2, "overlays": 1,
+              "sam": {"model_type": "vit_b"}, "fallback": {"downscale": 2}},
     "mlflow": {"experiment": "licbench"},
 }
 
@@ -67,9 +70,9 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
 
     # 1. A fresh repro runs every stage.
     out = run(dvc + ["repro"], repo_copy, env)
-    for stage in ("datasets@kodak", "anchors@kodak", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
-                  "evaluate@mbt2018-mean-0.01-kodak", "evaluate@mbt2018-mean-0.05-kodak",
-                  "report@kodak"):
+    for stage in ("datasets@kodak", "anchors@kodak", "masks@kodak", "train@mbt2018-mean-0.01",
+                  "train@mbt2018-mean-0.05", "evaluate@mbt2018-mean-0.01-kodak",
+                  "evaluate@mbt2018-mean-0.05-kodak", "report@kodak"):
         assert f"Running stage '{stage}'" in out
     assert "vtm skipped: set anchors.binaries.vtm" in out
     assert len(list((repo_copy / "data/kodak").glob("*.png"))) == 24
@@ -79,6 +82,9 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert [b.name for b in bitstreams] == ["kodim01.lic", "kodim02.lic"]
     anchors = json.loads((repo_copy / "data/anchors/kodak/curves.json").read_text())
     assert len(anchors["jpeg"]["results"]["bpp"]) == 2
+    masks = json.loads((repo_copy / "data/metrics/masks/kodak.json").read_text())
+    assert masks["images"] == 2 and masks["covered_fraction"] == 1.0
+    assert len(list((repo_copy / "data/masks/kodak/overlays").glob("*.png"))) == 1
     metrics = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env))
     flat = json.dumps(metrics)
     assert "data/metrics/kodak/mbt2018-mean-0.05.json" in flat and '"psnr"' in flat
@@ -92,8 +98,8 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     # MLflow: one run per (architecture, lambda), with training curves and evaluation.
     with sqlite3.connect(repo_copy / "mlruns.db") as db:
         runs = dict(db.execute("SELECT name, run_uuid FROM runs").fetchall())
-        assert sorted(runs) == ["mbt2018-mean-0.01", "mbt2018-mean-0.05", "report-kodak",
-                                "report-kodak-mbt2018-mean"]
+        assert sorted(runs) == ["masks-kodak", "mbt2018-mean-0.01", "mbt2018-mean-0.05",
+                                "report-kodak", "report-kodak-mbt2018-mean"]
         keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics")}
         assert {"train/loss", "train/bpp", "train/mse", "kodak/bpp", "kodak/psnr"} <= keys
         params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?",

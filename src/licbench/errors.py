@@ -31,3 +31,8 @@ class ConfigError(LicbenchError):
 
 class ModelMismatchError(LicbenchError):
     """A bitstream decoded with other weights or another architecture than made it."""
+
+
+class MaskError(LicbenchError):
+    """A mask table that cannot be used (missing, damaged, made for another manifest,
+    or lacking an image)."""
