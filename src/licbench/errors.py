@@ -31,3 +31,7 @@ class ConfigError(LicbenchError):
 
 class ModelMismatchError(LicbenchError):
     """A bitstream decoded with other weights or another architecture than made it."""
+
+
+class TrainingError(LicbenchError):
+    """Training cannot go on (a loss that is NaN or infinite); the last good state is kept."""
