@@ -31,7 +31,7 @@ from .data.crops import RandomCrops, center_crops, load_split
 from .data.datasets import manifest_digest, read_manifest
 from .errors import ConfigError, TrainingError
 from .fileio import atomic_path, write_json_atomic
-from .models import build_model, get_architecture, model_key, save_checkpoint
+from .models import build_model, get_architecture, model_key, save_checkpoint, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +491,8 @@ def train_model(
         "data_seconds_per_batch": round(data_seconds / session_steps, 6) if session_steps > 0 else None,
         "step_seconds_per_batch": round(step_seconds / session_steps, 6) if session_steps > 0 else None,
     }
+    # Every process: DDP must leave them all with the same weights.
+    summary["last_weights_sha256"] = weights_digest(core.state_dict())
     if validating:
         summary.update(best_step=progress["best_step"],
                        val={k: round(v, 6) for k, v in last_val.items()})
