@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(uninterrupted
     out.mkdir()
     # The worker stops in the middle of step 5, after the state of step 3.
     proc = subprocess.Popen([sys.executable, str(WORKER), "hang", str(out)],
-                            env=worker_env(dict(SETTINGS, hang_at=5, first_step=1)))
+                            env=worker_env(dict(SETTINGS, hang_at=5)))
     try:
         deadline = time.monotonic() + 60
         while not (out / "hanging").exists():

@@ -30,7 +30,7 @@ def tiny_images(n: int, seed: int = 0):
 def hang(out: Path, settings: dict) -> None:
     hang_at = settings.pop("hang_at")
     batch = RandomCrops.batch
-    calls = {"n": settings.pop("first_step")}
+    calls = {"n": 1}  # the step whose batch is drawn next
 
     def batch_then_hang(self, *args, **kwargs):
         if calls["n"] == hang_at:

@@ -416,7 +416,7 @@ def train_model(
         terms = all_reduce_mean(torch.stack([loss, losses["bpp_loss"], losses["mse_loss"]]).detach())
         loss_v, bpp_v, mse_v = terms.tolist()
         if not math.isfinite(loss_v):
-            saved = "the state of no step is saved" if state_path is None else \
+            saved = "no resumable state is kept (no state file)" if state_path is None else \
                 f"the last good state ({state_path}) stays on disk"
             raise TrainingError(
                 f"training {model_key(arch, lmbda)}: loss is {loss_v} at step {step} "
