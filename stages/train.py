@@ -13,11 +13,13 @@ def main():
     parser.add_argument("--lmbda", type=float, required=True, help="rate-distortion trade-off")
     parser.add_argument("--checkpoint", required=True, help="output checkpoint path")
     parser.add_argument("--summary", required=True, help="output training summary (JSON)")
+    parser.add_argument("--state", help="resumable training state: written every "
+                        "train.checkpoint_every steps, resumed from when present")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
     run_train_stage(load_params(args.params), args.arch, args.lmbda,
-                    args.checkpoint, args.summary, args.data_root)
+                    args.checkpoint, args.summary, args.data_root, args.state)
 
 
 if __name__ == "__main__":

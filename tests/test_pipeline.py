@@ -129,3 +129,15 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert ran == ["evaluate@mbt2018-mean-0.02-kodak", "report@kodak", "train@mbt2018-mean-0.02"]
     assert ckpt.stat().st_mtime_ns == mtime
     assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}
+
+    # 4. DVC keeps the resumable state (persist) when it reruns a stage: a
+    # state that is not finished (as after a kill) is resumed.
+    import torch
+
+    state_path = repo_copy / "models/mbt2018-mean-0.01/state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["finished"] and state["step"] == 3
+    state["finished"] = False
+    torch.save(state, state_path)
+    out = run(dvc + ["repro", "--force", "--single-item", "train@mbt2018-mean-0.01"], repo_copy, env)
+    assert "resuming mbt2018-mean-0.01 from step 3" in out

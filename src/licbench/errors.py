@@ -36,3 +36,7 @@ class ModelMismatchError(LicbenchError):
 class MaskError(LicbenchError):
     """A mask table that cannot be used (missing, damaged, made for another manifest,
     or lacking an image)."""
+
+
+class TrainingError(LicbenchError):
+    """Training cannot go on (a loss that is NaN or infinite); the last good state is kept."""

@@ -1,9 +1,21 @@
-"""The ``train`` stage: one model per lambda, loss R + lambda * 255^2 * MSE."""
+"""The ``train`` stage: one model per lambda, loss R + lambda * 255^2 * MSE.
+
+A run survives being killed: every ``checkpoint_every`` steps the whole
+training state (model, both optimizers, learning-rate schedule, AMP scaler,
+step, the random generators of Python, NumPy, torch, CUDA and the crop
+sampler) is written atomically to a state file, and a rerun with the same
+settings resumes from it; on the CPU the resumed run ends with exactly the
+weights of an uninterrupted one. Several GPUs or machines are used through
+PyTorch DDP when the stage is launched by ``torchrun``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -11,22 +23,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from compressai.losses import RateDistortionLoss
 from tqdm import tqdm
 
-from .data.crops import RandomCrops, load_split
+from .data.crops import RandomCrops, center_crops, load_split
 from .data.datasets import manifest_digest, read_manifest
-from .errors import ConfigError, LicbenchError
-from .fileio import write_json_atomic
-from .models import build_model, get_architecture, model_key, save_checkpoint
+from .errors import ConfigError, TrainingError
+from .fileio import atomic_path, write_json_atomic
+from .models import build_model, get_architecture, model_key, save_checkpoint, weights_digest
 
 log = logging.getLogger(__name__)
+
+STATE_FORMAT = "licbench-train-state"
+STATE_VERSION = 1
+LR_SCHEDULES = ("plateau", "step", "none")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Settings that do not change the trained weights: a state saved under other
+# values of these still resumes (e.g. a run moved from one machine to another).
+NOT_IN_DIGEST = ("log_every", "checkpoint_every", "device")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int
-    batch_size: int
+    batch_size: int  # the whole batch of a step, shared out among DDP processes
     crop: int
     lr: float = 1e-4
     aux_lr: float = 1e-3
@@ -36,6 +57,18 @@ class TrainConfig:
     log_every: int = 10
     dataset: str = "bsds500"
     split: str = "train"
+    checkpoint_every: int = 0  # steps between resumable states; 0: none before the end
+    lr_schedule: str = "none"  # plateau | step | none
+    lr_factor: float = 0.1  # plateau and step: lr *= lr_factor
+    lr_patience: int = 10  # plateau: validations without improvement before a decay
+    lr_milestones: tuple[int, ...] = ()  # step: the steps at which the lr decays
+    val_split: str | None = None  # null: no validation
+    val_images: int = 8  # the first images of val_split (by path), center-cropped
+    val_crop: int = 256
+    val_every: int = 0  # steps between validations; 0: only at the end
+    early_stopping: int = 0  # validations without improvement before stopping; 0: never
+    amp: str = "none"  # none | bf16 | fp16 (autocast of the forward pass)
+    compile: bool = False  # torch.compile the model
 
     @classmethod
     def from_params(cls, section: dict) -> "TrainConfig":
@@ -43,18 +76,32 @@ class TrainConfig:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"params.yaml train: unknown key(s) {unknown}; known: {sorted(known)}")
+        section = dict(section)
+        if "lr_milestones" in section:
+            section["lr_milestones"] = tuple(int(m) for m in section["lr_milestones"] or ())
         cfg = cls(**section)
-        for name in ("steps", "batch_size", "crop", "log_every"):
+        for name in ("steps", "batch_size", "crop", "log_every", "val_images", "val_crop"):
             if int(getattr(cfg, name)) < 1:
                 raise ConfigError(f"params.yaml train.{name} must be at least 1")
+        for name in ("checkpoint_every", "val_every", "early_stopping", "lr_patience"):
+            if int(getattr(cfg, name)) < 0:
+                raise ConfigError(f"params.yaml train.{name} must be 0 or more")
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"params.yaml train.lr_schedule: '{cfg.lr_schedule}' is not one of {LR_SCHEDULES}")
+        if cfg.amp not in AMP_DTYPES:
+            raise ConfigError(f"params.yaml train.amp: '{cfg.amp}' is not one of {tuple(AMP_DTYPES)}")
+        if cfg.val_split is None and (cfg.lr_schedule == "plateau" or cfg.early_stopping):
+            raise ConfigError("params.yaml train: lr_schedule 'plateau' and early_stopping need a val_split")
         return cfg
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available")
+    if name == "cuda" and dist.is_initialized():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per torchrun process
     return torch.device(name)
 
 
@@ -73,6 +120,143 @@ def split_parameters(model: torch.nn.Module):
     return main, aux
 
 
+# --- several processes (torchrun) ------------------------------------------
+
+def init_distributed(device_name: str) -> bool:
+    """Join the process group when torchrun started more than one process.
+
+    Returns whether this call created the group (and should destroy it).
+    gloo on the CPU, NCCL on CUDA; torchrun's environment (MASTER_ADDR, RANK,
+    WORLD_SIZE, LOCAL_RANK) says where the others are.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean over processes (each process's values are means over its equal share)."""
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+# --- resumable state -------------------------------------------------------
+
+def training_digest(arch: str, arch_config: dict, lmbda: float, cfg: TrainConfig,
+                    images: list[np.ndarray], val_images: list[np.ndarray] | None) -> str:
+    """sha256 of everything that decides the trained weights: a saved state
+    resumes only a run with the same digest."""
+    h = hashlib.sha256()
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_DIGEST}
+    h.update(json.dumps([arch, {k: int(v) for k, v in arch_config.items()}, float(lmbda), settings],
+                        sort_keys=True, default=list).encode())
+    for im in [*images, None, *(val_images or [])]:
+        h.update(b"|" if im is None else f"{im.shape}".encode() + np.ascontiguousarray(im).tobytes())
+    return h.hexdigest()
+
+
+def rng_state() -> dict:
+    """This process's random generators, as tensors and numbers (weights_only-safe)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_train_state(path: str | Path, digest: str) -> dict | None:
+    """The state saved at ``path`` if it resumes a run with this digest, else None
+    (saying why in the log). ``mmap`` makes a peek at a large state cheap."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
+        log.warning("%s: unreadable training state (%s); training from the start", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT \
+            or state.get("version") != STATE_VERSION:
+        log.warning("%s: not a licbench training state of version %d; training from the start",
+                    path, STATE_VERSION)
+        return None
+    if state["digest"] != digest:
+        log.warning("%s: saved under other settings or data (step %d); ignoring it and "
+                    "training from the start", path, state["step"])
+        return None
+    if state["finished"]:
+        log.info("%s: a finished run (step %d); training from the start", path, state["step"])
+        return None
+    return state
+
+
+def save_train_state(path: str | Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _cpu_copy(state_dict: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+# --- the loop --------------------------------------------------------------
+
+def validate(model, batch: torch.Tensor, criterion, batch_size: int, device) -> dict:
+    """Loss, bpp, MSE and PSNR (of the mean MSE) on fixed crops, in eval mode
+    (rounding instead of noise), averaged over the crops of every process."""
+    sums = torch.zeros(4, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for chunk in batch.split(batch_size):
+            x = chunk.to(device)
+            losses = criterion(model(x), x)
+            n = len(x)
+            sums += torch.tensor([n, losses["loss"].item() * n, losses["bpp_loss"].item() * n,
+                                  losses["mse_loss"].item() * n], dtype=torch.float64)
+    model.train()
+    sums = all_reduce_sum(sums)
+    n, loss, bpp, mse = sums.tolist()
+    mse /= n
+    return {"loss": loss / n, "bpp": bpp / n, "mse": mse,
+            "psnr": 10 * math.log10(1.0 / mse) if mse > 0 else math.inf}
+
+
+def step_decay_lr(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * cfg.lr_factor ** sum(step > m for m in cfg.lr_milestones)
+
+
 def train_model(
     arch: str,
     arch_config: dict,
@@ -81,88 +265,254 @@ def train_model(
     images: list[np.ndarray],
     checkpoint_path: str | Path,
     *,
+    val_images: list[np.ndarray] | None = None,
+    state_path: str | Path | None = None,
     log_metrics=None,
     meta: dict | None = None,
 ) -> dict:
-    """Train, then write a checkpoint with updated CDF tables; return a summary.
+    """Train (resuming from ``state_path`` when it holds a run with the same
+    settings), then write a checkpoint with updated CDF tables; return a summary.
 
-    ``log_metrics(metrics: dict, step: int)`` receives the running losses.
+    The checkpoint holds the weights of the best validation (the last weights
+    without validation). ``log_metrics(metrics: dict, step: int)`` receives the
+    running losses and each validation, on the first process only.
     """
     spec = get_architecture(arch)
-    if cfg.crop % spec.pad_multiple:
-        raise ConfigError(
-            f"train.crop = {cfg.crop}: {arch} needs crops that are a multiple of {spec.pad_multiple}"
-        )
+    for name, size in (("crop", cfg.crop), ("val_crop", cfg.val_crop)):
+        if size % spec.pad_multiple:
+            raise ConfigError(
+                f"train.{name} = {size}: {arch} needs crops that are a multiple of {spec.pad_multiple}"
+            )
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ConfigError(f"train.batch_size = {cfg.batch_size} does not split among {world} processes")
+    validating = bool(val_images) and cfg.val_split is not None
+    if cfg.val_split is not None and not val_images:
+        raise ConfigError(f"train.val_split = '{cfg.val_split}' but no validation image was given")
     device = resolve_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp = fp16 needs CUDA (bf16 runs on the CPU too)")
+    # Repeatable runs: cuDNN's benchmark picks algorithms by timing, so two runs
+    # of the same seed could train (and so code) differently.
+    torch.backends.cudnn.benchmark = False
+
     seed_everything(cfg.seed)
-    model = build_model(arch, arch_config).to(device).train()
+    core = build_model(arch, arch_config).to(device).train()
     crops = RandomCrops(images, cfg.crop, cfg.seed)
+    val_batch = center_crops(val_images[rank::world], cfg.val_crop) if validating else None
     criterion = RateDistortionLoss(lmbda=lmbda)
-    main_params, aux_params = split_parameters(model)
+    main_params, aux_params = split_parameters(core)
     optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience,
+    ) if cfg.lr_schedule == "plateau" else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    progress = {"step": 0, "best_loss": math.inf, "best_step": 0, "bad_validations": 0,
+                "stopped_early": False, "seconds": 0.0, "last_train": {}}
+    best_weights: dict = {}
+    last_val: dict = {}
+    run_id = (meta or {}).get("mlflow_run_id")
+
+    digest = training_digest(arch, arch_config, lmbda, cfg, images, val_images)
+    state = load_train_state(state_path, digest) if state_path is not None and rank == 0 else None
+    if world > 1:
+        box = [state]
+        dist.broadcast_object_list(box, src=0)  # no shared file system needed
+        state = box[0]
+    if state is not None:
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
+        crops.set_state(state["data_rng"])
+        progress.update(state["progress"])
+        best_weights = dict(state["best_model"])
+        last_val = dict(state["last_val"])
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][rank])
+        else:
+            log.warning("state saved by %d process(es), resumed by %d: random generators reseeded",
+                        len(state["rng"]), world)
+            torch.manual_seed(cfg.seed + 1000 * progress["step"] + rank)
+        log.info("resuming %s from step %d (%s)", model_key(arch, lmbda), progress["step"], state_path)
+    elif rank:
+        torch.manual_seed(cfg.seed + rank)  # its own quantization noise
+    resumed_from = progress["step"] if state is not None else None
+    del state
+
+    model = core
+    if world > 1:
+        # The quantiles train on the aux loss alone, outside the forward pass:
+        # DDP would wait for their gradients forever. The aux loss depends only
+        # on parameters every process holds equal, so each process computes the
+        # same aux gradients and their copies stay equal without a reduction.
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            core, [n for n, p in core.named_parameters() if n.endswith(".quantiles")])
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # CDF tables: constant while training
+        )
+    forward = torch.compile(model) if cfg.compile else model
+    amp_dtype = AMP_DTYPES[cfg.amp]
+
+    def make_state(finished: bool) -> dict:
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "digest": digest,
+            "step": progress["step"], "finished": finished,
+            "model": _cpu_copy(core.state_dict()),
+            "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "data_rng": crops.state(), "rng": rngs, "progress": dict(progress),
+            "best_model": best_weights, "last_val": last_val, "mlflow_run_id": run_id,
+        }
+
+    def run_validation(step: int) -> None:
+        nonlocal best_weights, last_val
+        last_val = validate(core, val_batch, criterion, cfg.batch_size, device)
+        if scheduler is not None:
+            scheduler.step(last_val["loss"])
+        if last_val["loss"] < progress["best_loss"]:
+            progress.update(best_loss=last_val["loss"], best_step=step, bad_validations=0)
+            best_weights = _cpu_copy(core.state_dict())
+        else:
+            progress["bad_validations"] += 1
+        if rank == 0 and log_metrics is not None:
+            log_metrics({f"val/{k}": v for k, v in last_val.items()}, step)
 
     window: list[dict] = []
-    start = time.perf_counter()
-    bar = tqdm(range(1, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step")
+    data_seconds = step_seconds = 0.0
+    session_start = time.perf_counter()
+    seconds_before = progress["seconds"]
+    first = progress["step"] + 1
+    bar = tqdm(range(first, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step",
+               initial=first - 1, total=cfg.steps, disable=rank != 0)
     for step in bar:
-        x = crops.batch(cfg.batch_size).to(device, non_blocking=True)
+        t0 = time.perf_counter()
+        x = crops.batch(cfg.batch_size, rank, world).to(device, non_blocking=True)
+        t1 = time.perf_counter()
+        if cfg.lr_schedule == "step":
+            for group in optimizer.param_groups:
+                group["lr"] = step_decay_lr(cfg, step)
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
-        out = model(x)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = forward(x)
+        if amp_dtype is not None:  # the loss in float32: likelihoods near 0 underflow in 16 bits
+            out = {"x_hat": out["x_hat"].float(),
+                   "likelihoods": {k: v.float() for k, v in out["likelihoods"].items()}}
         losses = criterion(out, x)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise LicbenchError(
-                f"training {model_key(arch, lmbda)}: loss is {loss.item()} at step {step}; "
-                "no checkpoint written (lower the learning rate or check the data)"
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        terms = all_reduce_mean(torch.stack([loss, losses["bpp_loss"], losses["mse_loss"]]).detach())
+        loss_v, bpp_v, mse_v = terms.tolist()
+        if not math.isfinite(loss_v):
+            saved = "no resumable state is kept (no state file)" if state_path is None else \
+                f"the last good state ({state_path}) stays on disk"
+            raise TrainingError(
+                f"training {model_key(arch, lmbda)}: loss is {loss_v} at step {step} "
+                f"(bpp {bpp_v}, mse {mse_v}); {saved}. Lower the learning rate or check the data."
             )
-        loss.backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_max_norm) \
             if cfg.clip_max_norm > 0 else None
-        optimizer.step()
-        aux_loss = model.aux_loss()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        aux_loss = core.aux_loss()  # on the module itself: DDP's wrapper has no aux_loss
         aux_loss.backward()
         aux_optimizer.step()
+        t2 = time.perf_counter()
+        data_seconds += t1 - t0
+        step_seconds += t2 - t1
+        progress["step"] = step
 
-        record = {
-            "loss": loss.item(),
-            "bpp": losses["bpp_loss"].item(),
-            "mse": losses["mse_loss"].item(),
-            "aux_loss": aux_loss.item(),
-        }
+        record = {"loss": loss_v, "bpp": bpp_v, "mse": mse_v, "aux_loss": aux_loss.item()}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         window.append(record)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean = {k: float(np.mean([r[k] for r in window])) for k in window[0]}
             mean["psnr"] = 10 * math.log10(1.0 / mean["mse"]) if mean["mse"] > 0 else math.inf
+            mean["lr"] = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{mean['loss']:.3f}", bpp=f"{mean['bpp']:.3f}", psnr=f"{mean['psnr']:.2f}")
-            if log_metrics is not None:
-                log_metrics({f"train/{k}": v for k, v in mean.items()}, step)
-            last = mean
+            if rank == 0 and log_metrics is not None:
+                speed = (step - first + 1) * cfg.batch_size / (time.perf_counter() - session_start)
+                log_metrics({**{f"train/{k}": v for k, v in mean.items()},
+                             "train/images_per_second": speed}, step)
+            progress["last_train"] = mean
             window.clear()
-    seconds = time.perf_counter() - start
+        if validating and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps):
+            run_validation(step)
+            if cfg.early_stopping and progress["bad_validations"] >= cfg.early_stopping:
+                log.info("early stopping at step %d: %d validation(s) without improvement "
+                         "(best at step %d)", step, progress["bad_validations"], progress["best_step"])
+                progress["stopped_early"] = True
+        progress["seconds"] = seconds_before + time.perf_counter() - session_start
+        if progress["stopped_early"]:
+            break
+        if state_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
+                and step < cfg.steps:
+            final_state = make_state(finished=False)
+            if rank == 0:
+                save_train_state(state_path, final_state)
+            del final_state
+    session_seconds = time.perf_counter() - session_start
+    session_steps = progress["step"] - first + 1
 
-    model.eval()
-    # Quantiles by bisection on the learned density: exact where a short run
-    # leaves the aux loss far from converged (CompressAI >= 1.2.7).
-    model.update(force=True, update_quantiles=True)
-    digest = save_checkpoint(
-        checkpoint_path, model, arch, arch_config, lmbda,
-        meta={**(meta or {}), "steps": cfg.steps, "seed": cfg.seed},
-    )
-    return {
+    # The final state is built before the model is changed below, and written
+    # after the checkpoint: a kill in between resumes from the previous state.
+    final_state = make_state(finished=True) if state_path is not None else None
+    summary = {
         "arch": arch,
         **{k: int(v) for k, v in arch_config.items()},
         "lambda": float(lmbda),
-        "steps": cfg.steps,
+        "steps": progress["step"],
+        "stopped_early": progress["stopped_early"],
+        "resumed_from": resumed_from,
+        "processes": world,
         "device": str(device),
-        "seconds": round(seconds, 3),
-        "images_per_second": round(cfg.steps * cfg.batch_size / seconds, 3),
-        "final": {k: round(v, 6) for k, v in last.items()},
-        "weights_sha256": digest,
+        "seconds": round(progress["seconds"], 3),
+        "images_per_second": round(session_steps * cfg.batch_size / session_seconds, 3)
+        if session_steps > 0 else None,
+        "final": {k: round(v, 6) for k, v in progress.get("last_train", {}).items()},
+        "data_seconds_per_batch": round(data_seconds / session_steps, 6) if session_steps > 0 else None,
+        "step_seconds_per_batch": round(step_seconds / session_steps, 6) if session_steps > 0 else None,
     }
+    # Every process: DDP must leave them all with the same weights.
+    summary["last_weights_sha256"] = weights_digest(core.state_dict())
+    if validating:
+        summary.update(best_step=progress["best_step"],
+                       val={k: round(v, 6) for k, v in last_val.items()})
+    if rank == 0:
+        model_out = core
+        if best_weights:
+            model_out = build_model(arch, arch_config).to(device)
+            model_out.load_state_dict(best_weights)
+        model_out.eval()
+        # Quantiles by bisection on the learned density: exact where a short run
+        # leaves the aux loss far from converged (CompressAI >= 1.2.7).
+        model_out.update(force=True, update_quantiles=True)
+        summary["weights_sha256"] = save_checkpoint(
+            checkpoint_path, model_out, arch, arch_config, lmbda,
+            meta={**(meta or {}), "steps": progress["step"], "seed": cfg.seed,
+                  "best_step": progress["best_step"] if validating else progress["step"]},
+        )
+        if final_state is not None:
+            save_train_state(state_path, final_state)
+    return summary
 
 
 def architecture_config(params: dict, arch: str, lmbda: float) -> dict:
@@ -186,10 +536,14 @@ def run_train_stage(
     checkpoint_path: str | Path,
     summary_path: str | Path,
     data_root: str | Path = "data",
+    state_path: str | Path | None = None,
 ) -> dict:
-    """What ``stages/train.py`` runs: read params, train, log to MLflow, write outs."""
-    from . import tracking
+    """What ``stages/train.py`` runs: read params, train, log to MLflow, write outs.
 
+    Under ``torchrun`` every process trains; the first one alone logs to
+    MLflow and writes files. A run resumed from ``state_path`` logs into the
+    MLflow run it started.
+    """
     cfg = TrainConfig.from_params(dict(params["train"]))
     arch_config = architecture_config(params, arch, lmbda)
     data_root = Path(data_root)
@@ -197,29 +551,69 @@ def run_train_stage(
     images, conversions = load_split(manifest, data_root, cfg.split)
     for conversion, count in conversions.items():
         log.warning("%d training image(s) converted: %s", count, conversion)
+    val_images = None
+    if cfg.val_split is not None:
+        val_images, _ = load_split(manifest, data_root, cfg.val_split, limit=cfg.val_images)
 
+    created_group = init_distributed(cfg.device)
+    try:
+        rank, world = rank_and_world()
+
+        def train(log_metrics=None, meta=None) -> dict:
+            return train_model(arch, arch_config, lmbda, cfg, images, checkpoint_path,
+                               val_images=val_images, state_path=state_path,
+                               log_metrics=log_metrics, meta=meta)
+
+        if rank != 0:
+            return train()
+        summary = _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images,
+                                     val_images, state_path, world, train)
+        write_json_atomic(summary_path, summary)
+        return summary
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, val_images,
+                       state_path, world, train) -> dict:
     import mlflow
+
+    from . import tracking
 
     experiment_id = tracking.use_experiment(params.get("mlflow", {}).get("experiment", "licbench"))
     key = model_key(arch, lmbda)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=key) as run:
-        mlflow.set_tags({tracking.TAG_MODEL_KEY: key, "licbench.stage": "train"})
-        mlflow.log_params({
-            "arch": arch,
-            **arch_config,
-            "lambda": lmbda,
-            **{f"train.{k}": v for k, v in asdict(cfg).items()},
-            "git_commit": tracking.git_commit(),
-            "manifest_sha256": manifest_digest(manifest),
-            "train_images": len(images),
-        })
-        summary = train_model(
-            arch, arch_config, lmbda, cfg, images, checkpoint_path,
+    saved = None
+    if state_path is not None:
+        saved = load_train_state(state_path, training_digest(arch, arch_config, lmbda, cfg, images, val_images))
+    run_id = saved["mlflow_run_id"] if saved is not None else None
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s of the saved state is not in this store: starting a new run", run_id)
+            run_id = None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=key) as run:
+        if run_id is None:
+            mlflow.set_tags({tracking.TAG_MODEL_KEY: key, "licbench.stage": "train"})
+            mlflow.log_params({
+                "arch": arch,
+                **arch_config,
+                "lambda": lmbda,
+                **{f"train.{k}": v for k, v in asdict(cfg).items()},
+                "git_commit": tracking.git_commit(),
+                "manifest_sha256": manifest_digest(manifest),
+                "train_images": len(images),
+                "processes": world,
+            })
+        else:
+            mlflow.set_tag("licbench.resumed_at_step", saved["step"])
+        del saved
+        summary = train(
             log_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
             meta={"mlflow_run_id": run.info.run_id, "manifest_sha256": manifest_digest(manifest)},
         )
         mlflow.set_tag(tracking.TAG_WEIGHTS, summary["weights_sha256"])
         mlflow.log_metrics({"train/seconds": summary["seconds"],
-                            "train/images_per_second": summary["images_per_second"]})
-    write_json_atomic(summary_path, summary)
+                            "train/images_per_second": summary["images_per_second"] or 0.0})
     return summary
