@@ -80,8 +80,11 @@ def test_known_answer_and_table(data_root, tmp_path):
     md = (tmp_path / "out" / "bd_rate.md").read_text()
     assert "| jpeg [this run] | -20.00 % | +0.97 dB | -20.00 % |" in md
     assert "| far [this run] * | n/a |" in md
-    saved = json.loads((tmp_path / "out" / "bd_rate.json").read_text())
+    saved = json.loads((tmp_path / "out" / "bd_table.json").read_text())
     assert saved["bd"]["toy"]["jpeg"]["psnr"]["bd_rate_cubic"] == pytest.approx(-20.0, abs=1e-6)
+    headline = json.loads((tmp_path / "out" / "bd_rate.json").read_text())
+    assert headline["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
+    assert headline["toy"]["far"] is None
 
 
 def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
@@ -173,4 +176,24 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     assert child.data.tags["licbench.model_runs"] == model_run.info.run_id
     assert model_run.info.run_id in child.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
-    assert {"bd_rate.md", "bd_rate.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
+    assert {"bd_rate.md", "bd_rate.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
+
+
+def test_saturating_model_gets_no_bd_rate_but_a_bd_psnr(tmp_path):
+    # The top lambda gains rate but loses quality: rate as a function of
+    # quality does not exist, so no BD-rate; quality as a function of rate does.
+    root = tmp_path / "data"
+    write_summaries(root, "toy", BPP, rate_scale=0.8)
+    folder = root / "metrics" / "kodak"
+    top = json.loads((folder / f"toy-{LAMBDAS[-1]}.json").read_text())
+    below = json.loads((folder / f"toy-{LAMBDAS[-2]}.json").read_text())
+    top["psnr"] = below["psnr"] - 0.05
+    (folder / f"toy-{LAMBDAS[-1]}.json").write_text(json.dumps(top))
+    write_anchors(root, {"jpeg": BPP})
+    report = build_report({**PARAMS, "report": {"published": []}}, "kodak", tmp_path / "out", root)
+    cell = report.table["toy"]["jpeg"]["psnr"]
+    assert cell["bd_rate_pchip"] is None and cell["bd_rate_cubic"] is None
+    assert cell["bd_psnr_pchip"] > 0
+    assert any("no BD-rate: the test curve's PSNR does not increase" in w for w in cell["warnings"])
+    # MS-SSIM still increases: its BD-rate stays.
+    assert report.table["toy"]["jpeg"]["ms_ssim"]["bd_rate_pchip"] == pytest.approx(-20.0, abs=1e-6)

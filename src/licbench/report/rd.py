@@ -12,7 +12,8 @@ Bjøntegaard delta (:mod:`licbench.report.bdrate`): BD-rate at equal PSNR and at
 equal MS-SSIM (in dB, -10 log10(1 - MS-SSIM)), BD-PSNR and BD-MS-SSIM(dB), with
 the cubic and the PCHIP fit. Outputs, all in ``out_dir``:
 
-- ``bd_rate.json`` (DVC metrics) and ``bd_rate.md``: the table;
+- ``bd_rate.md`` and ``bd_table.json``: the table; ``bd_rate.json`` (DVC
+  metrics): its headline, BD-rate at equal PSNR with ``report.method``'s fit;
 - ``rd_psnr.png``, ``rd_ms_ssim.png``: the RD plots;
 - ``rd_points.json``: every point of every curve, for ``dvc plots``;
 - ``compressai/<arch>.json``: each trained curve in CompressAI's results
@@ -131,13 +132,21 @@ def _bd_pair(anchor: Curve, test: Curve, quality: str) -> dict:
         return {"note": f"no {quality} values"}
     out: dict = {}
     notes: set[str] = set()
+    label = "PSNR" if quality == "psnr" else "MS-SSIM"
+    # BD-rate integrates log-rate as a function of quality: where quality does
+    # not increase with rate (an undertrained model that saturates, say) that
+    # function does not exist and any number would be an artefact of the fit.
+    # BD-quality, a function of rate, stays defined.
+    flat = [name for name, q in (("anchor", qa), ("test", qt)) if np.any(np.diff(q) <= 0)]
     for method in METHODS:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", BDWarning)
-            out[f"bd_rate_{method}"] = _finite(bd_rate(anchor.bpp, qa, test.bpp, qt, method))
+            out[f"bd_rate_{method}"] = (None if flat else
+                                        _finite(bd_rate(anchor.bpp, qa, test.bpp, qt, method)))
             out[f"bd_{quality}_{method}"] = _finite(bd_quality(anchor.bpp, qa, test.bpp, qt, method))
-        notes.update(f"{'PSNR' if quality == 'psnr' else 'MS-SSIM'}: {w.message}"
-                     for w in caught if issubclass(w.category, BDWarning))
+        notes.update(f"{label}: {w.message}" for w in caught if issubclass(w.category, BDWarning))
+    for name in flat:
+        notes.add(f"{label}: no BD-rate: the {name} curve's {label} does not increase with rate")
     if notes:
         out["warnings"] = sorted(notes)
     return out
@@ -161,7 +170,8 @@ def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str)
              f"Bjøntegaard delta of each trained model against each anchor, {method} fit in "
              "log rate over the overlapping quality range. BD-rate: rate change at equal "
              "quality (negative: the model needs fewer bits). BD-PSNR: PSNR change at equal "
-             "rate. n/a: the curves do not overlap. Marked *: see the warnings below.",
+             "rate. n/a: the curves do not overlap, or (BD-rate) a curve's quality does not "
+             "increase with rate. Marked *: see the warnings below.",
              ""]
     notes: list[str] = []
     for model, row in table.items():
@@ -274,10 +284,16 @@ def build_report(params: dict, dataset: str, out_dir: str | Path,
     markdown = table_markdown(table, anchors, dataset, method)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"table_json": out_dir / "bd_rate.json", "table_md": out_dir / "bd_rate.md",
+    files = {"metrics": out_dir / "bd_rate.json", "table_json": out_dir / "bd_table.json",
+             "table_md": out_dir / "bd_rate.md",
              "plot_psnr": out_dir / "rd_psnr.png", "plot_ms_ssim": out_dir / "rd_ms_ssim.png",
              "points": out_dir / "rd_points.json"}
     write_json_atomic(files["table_json"], {"method": method, "bd": table})
+    # DVC metrics: the headline number only (BD-rate at equal PSNR, report.method),
+    # one column per (model, anchor) in `dvc metrics show`.
+    write_json_atomic(files["metrics"], {
+        model: {anchor: cells["psnr"].get(f"bd_rate_{method}") for anchor, cells in row.items()}
+        for model, row in table.items()})
     write_bytes_atomic(files["table_md"], markdown.encode())
     plot_rd(curves, "psnr", dataset, files["plot_psnr"])
     plot_rd(curves, "ms_ssim", dataset, files["plot_ms_ssim"])
