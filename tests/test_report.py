@@ -163,8 +163,9 @@ def test_published_curves_carry_source_and_licence():
 def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     experiment_id = use_experiment("test")
-    with mlflow.start_run(run_name="toy-0.0018") as model_run:
-        mlflow.set_tag(TAG_WEIGHTS, "toy-0".ljust(64, "0"))
+    # Only the third lambda's model has a run: the link must name that lambda.
+    with mlflow.start_run(run_name="toy-0.0067") as model_run:
+        mlflow.set_tag(TAG_WEIGHTS, "toy-2".ljust(64, "0"))
     report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
     parent_id = log_report(report, PARAMS)
     client = mlflow.MlflowClient()
@@ -174,7 +175,7 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     assert child.data.metrics["bd_rate_vs_jpeg"] == pytest.approx(-20.0, abs=1e-6)
     assert "bd_rate_vs_far" not in child.data.metrics  # no overlap, no number
     assert child.data.tags["licbench.model_runs"] == model_run.info.run_id
-    assert model_run.info.run_id in child.data.tags["mlflow.note.content"]
+    assert f"lambda {LAMBDAS[2]}: [run {model_run.info.run_id}]" in child.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"bd_rate.md", "bd_rate.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
 

@@ -310,7 +310,7 @@ def log_report(report: Report, params: dict) -> str:
     architecture with ``bd_rate_vs_<anchor>`` metrics, linked to the model runs."""
     import mlflow
 
-    from ..tracking import TAG_WEIGHTS, find_model_run, git_commit, use_experiment
+    from ..tracking import find_model_run, git_commit, use_experiment
 
     method = (params.get("report") or {}).get("method", "pchip")
     experiment_id = use_experiment(params["mlflow"]["experiment"])
@@ -322,10 +322,11 @@ def log_report(report: Report, params: dict) -> str:
         for path in report.files.values():
             mlflow.log_artifact(str(path), artifact_path="compressai" if path.parent.name == "compressai" else None)
         for curve in (c for c in report.curves if c.kind == "trained"):
-            model_runs = [find_model_run(experiment_id, h) for h in curve.extra["weights_sha256"] if h]
-            model_runs = [r for r in model_runs if r]
+            found = [(lm, find_model_run(experiment_id, h) if h else None)
+                     for lm, h in zip(curve.extra["lambda"], curve.extra["weights_sha256"])]
+            model_runs = [r for _, r in found if r]
             links = "\n".join(f"- lambda {lm}: [run {r}](#/experiments/{experiment_id}/runs/{r})"
-                              for lm, r in zip(curve.extra["lambda"], model_runs))
+                              for lm, r in found if r)
             with mlflow.start_run(run_name=f"report-{report.dataset}-{curve.id}", nested=True):
                 mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
                                  "licbench.arch": curve.id,
