@@ -95,11 +95,13 @@ class TrainConfig:
         return cfg
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``setting`` names the
+    params.yaml key in the error when CUDA is asked for and absent."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but CUDA is not available")
+        raise ConfigError(f"params.yaml {setting} = '{name}' asked for, but CUDA is not available")
     if name == "cuda" and dist.is_initialized():
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per torchrun process
     return torch.device(name)

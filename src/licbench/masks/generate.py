@@ -309,16 +309,6 @@ def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[P
     return dest, sha256
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"masks.device '{name}' asked for, but CUDA is not available")
-    return name
-
-
 def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | None = None,
                    model=None, build: Callable[[], object] | None = None) -> Segmenter:
     """The Segmenter params.yaml's ``masks`` section asks for.
@@ -336,7 +326,9 @@ def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | N
         raise ConfigError(f"params.yaml masks.generator: {generator!r} is not sam or fallback")
     sam_cfg = dict(cfg.get("sam") or {})
     settings = sam_settings(sam_cfg)
-    device = resolve_device(str(cfg.get("device", "auto")))
+    from ..train import resolve_device
+
+    device = resolve_device(str(cfg.get("device", "auto")), "masks.device")
     if model is not None:
         return make_sam(model, settings, device)
     from ..data.datasets import default_cache_dir
