@@ -27,8 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from licbench.coding.hyper import HYPER as _HYPER  # noqa: E402
 from licbench.coding.codec import (  # noqa: E402
-    _HYPER, compress_image, decompress_image, pad_to_multiple, to_tensor, to_uint8,
+    compress_image, decompress_image, pad_to_multiple, to_tensor, to_uint8,
 )
 from licbench.data.images import load_rgb8  # noqa: E402
 from licbench.models import get_architecture, load_checkpoint  # noqa: E402

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from licbench.coding import autoregressive
 from licbench.coding.codec import (
-    _ar_compress,
-    compress_image, decompress_image, entropy_parameters, pad_to_multiple, to_tensor,
+    compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.images import load_rgb8
@@ -60,13 +60,18 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
     with torch.no_grad():
         if arch == "mbt2018":
-            expected = _ar_compress(ckpt, x)["y_hat"]
+            expected = autoregressive.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)
     # Entropy coding is lossless: the decoder sees exactly the encoder's latent.
     assert torch.equal(captured["y_hat"], expected)
+    # The coder's own account of the latent agrees on both sides.
+    bs2, enc_latent = encode(ckpt, crop)
+    assert bs2 == bs
+    decoded2, dec_latent = decode(ckpt, decode_container(data))
+    assert torch.equal(enc_latent, expected) and torch.equal(dec_latent, expected)
     # Decoding is deterministic.
-    np.testing.assert_array_equal(decoded, decompress_image(ckpt, decode_container(data)))
+    np.testing.assert_array_equal(decoded, decoded2)
 
 
 def test_wrong_model_is_refused(crop, tmp_path):
@@ -111,7 +116,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
         bs = compress_image(ckpt, crop)
         x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
         with torch.no_grad():
-            expected = (_ar_compress(ckpt, x)["y_hat"] if arch == "mbt2018"
+            expected = (autoregressive.compress(ckpt, x)["y_hat"] if arch == "mbt2018"
                         else encoder_side_latent(ckpt, x))
         torch.set_num_threads(2)
         captured = []

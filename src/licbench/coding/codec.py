@@ -17,13 +17,18 @@ The factorized model's indexes do not depend on data.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import FormatError, ModelMismatchError
+from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
+from . import autoregressive, hyper
 from .container import Bitstream
+from .hyper import entropy_parameters  # noqa: F401  (re-exported)
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -55,92 +60,45 @@ def model_id(ckpt: Checkpoint) -> bytes:
     return bytes.fromhex(ckpt.weights_sha256)[:8]
 
 
-# Hyperprior architectures whose entropy parameters come from h_s alone:
-# name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
-_HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
-          "mbt2018-mean": {"means": True, "abs_y": False}}
+@dataclass(frozen=True)
+class Coder:
+    """An architecture's entropy coding: ``compress(ckpt, x)`` returns
+    ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}`` and
+    ``decompress(ckpt, strings, shape)`` returns ``{"x_hat": image, "y_hat": latent}``;
+    ``y_hat`` is what g_s receives, identical on both sides."""
+
+    compress: Callable[[Checkpoint, torch.Tensor], dict]
+    decompress: Callable[[Checkpoint, list, torch.Size], dict]
 
 
-def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor):
-    """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
-    params = ckpt.float64_cpu().h_s(z_hat.to("cpu", torch.float64))
-    if _HYPER[ckpt.arch]["means"]:
-        scales, means = params.chunk(2, 1)
-        return scales, means
-    return params, None
+CODERS: dict[str, Coder] = {
+    "bmshj2018-factorized": Coder(hyper.factorized_compress, hyper.factorized_decompress),
+    "bmshj2018-hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress),
+    "mbt2018-mean": Coder(hyper.hyper_compress, hyper.hyper_decompress),
+    "mbt2018": Coder(autoregressive.compress, autoregressive.decompress),
+}
 
 
-def _hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
-    model = ckpt.model
-    y = model.g_a(x)
-    z = model.h_a(torch.abs(y) if _HYPER[ckpt.arch]["abs_y"] else y)
-    z_strings = model.entropy_bottleneck.compress(z)
-    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    scales, means = entropy_parameters(ckpt, z_hat)
-    indexes = model.gaussian_conditional.build_indexes(scales)
-    y_strings = model.gaussian_conditional.compress(y.to("cpu", torch.float64), indexes, means=means)
-    return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
-
-
-def _hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> torch.Tensor:
-    model = ckpt.model
-    device = next(model.parameters()).device
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
-    scales, means = entropy_parameters(ckpt, z_hat)
-    indexes = model.gaussian_conditional.build_indexes(scales)
-    y_hat = model.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64, means=means)
-    return model.g_s(y_hat.to(device, torch.float32)).clamp_(0, 1)
-
-
-# mbt2018: CompressAI's context loop (5x5 masked convolution, y at 4x z's size),
-# run by the float64 CPU copy of the model on both sides.
-_AR_KERNEL, _AR_PAD, _AR_SCALE = 5, 2, 4
-
-
-def _ar_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
-    model, m64 = ckpt.model, ckpt.float64_cpu()
-    y = model.g_a(x)
-    z = model.h_a(y)
-    z_strings = model.entropy_bottleneck.compress(z)
-    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    params = m64.h_s(z_hat.to("cpu", torch.float64))
-    y_hat = F.pad(y.to("cpu", torch.float64), (_AR_PAD,) * 4)
-    height, width = z_hat.size(2) * _AR_SCALE, z_hat.size(3) * _AR_SCALE
-    y_string = m64._compress_ar(y_hat, params, height, width, _AR_KERNEL, _AR_PAD)
-    # _compress_ar wrote the dequantized latent into y_hat: the decoder's latent.
-    latent = y_hat[:, :, _AR_PAD:-_AR_PAD, _AR_PAD:-_AR_PAD].float()
-    return {"strings": [[y_string], z_strings], "shape": z.shape[-2:], "y_hat": latent}
-
-
-def _ar_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> torch.Tensor:
-    model, m64 = ckpt.model, ckpt.float64_cpu()
-    device = next(model.parameters()).device
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
-    params = m64.h_s(z_hat.to("cpu", torch.float64))
-    height, width = z_hat.size(2) * _AR_SCALE, z_hat.size(3) * _AR_SCALE
-    y_hat = torch.zeros((1, m64.M, height + 2 * _AR_PAD, width + 2 * _AR_PAD), dtype=torch.float64)
-    m64._decompress_ar(strings[0][0], y_hat, params, height, width, _AR_KERNEL, _AR_PAD)
-    y_hat = y_hat[:, :, _AR_PAD:-_AR_PAD, _AR_PAD:-_AR_PAD]
-    return model.g_s(y_hat.to(device, torch.float32)).clamp_(0, 1)
+def get_coder(arch: str) -> Coder:
+    try:
+        return CODERS[arch]
+    except KeyError:
+        raise ConfigError(f"architecture '{arch}' has no entropy coder; coded: {', '.join(sorted(CODERS))}") from None
 
 
 @torch.no_grad()
-def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
+def encode(ckpt: Checkpoint, image: np.ndarray) -> tuple[Bitstream, torch.Tensor]:
+    """The bitstream of ``image`` and the quantized latent it codes."""
     spec = get_architecture(ckpt.arch)
     device = next(ckpt.model.parameters()).device
     x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
-    if ckpt.arch in _HYPER:
-        out = _hyper_compress(ckpt, x)
-    elif ckpt.arch == "mbt2018":
-        out = _ar_compress(ckpt, x)
-    else:
-        out = ckpt.model.compress(x)
+    out = get_coder(ckpt.arch).compress(ckpt, x)
     streams = []
     for strings in out["strings"]:
         if len(strings) != 1:
             raise ValueError("compress_image codes one image at a time")
         streams.append(bytes(strings[0]))
-    return Bitstream(
+    bs = Bitstream(
         arch=ckpt.arch,
         model_id=model_id(ckpt),
         height=image.shape[0],
@@ -149,6 +107,11 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
         shape=tuple(int(d) for d in out["shape"]),
         streams=tuple(streams),
     )
+    return bs, out["y_hat"]
+
+
+def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
+    return encode(ckpt, image)[0]
 
 
 def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[bytes]]:
@@ -174,8 +137,9 @@ def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[b
 
 
 @torch.no_grad()
-def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
-                     max_pixels: int = DEFAULT_DECODE_MAX_PIXELS) -> np.ndarray:
+def decode(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
+           max_pixels: int = DEFAULT_DECODE_MAX_PIXELS) -> tuple[np.ndarray, torch.Tensor]:
+    """The decoded H x W x 3 uint8 image and the quantized latent g_s received."""
     if bs.arch != ckpt.arch or bs.model_id != model_id(ckpt):
         raise ModelMismatchError(
             f"{source}: made by {bs.arch} weights {bs.model_id.hex()}, but the model given is "
@@ -198,10 +162,10 @@ def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>
             f"{bs.width}x{bs.height} image for {ckpt.arch} (expected {expected} / {spec.pad_multiple})"
         )
     strings = guarded_strings(ckpt, bs, source)
-    if ckpt.arch in _HYPER:
-        x_hat = _hyper_decompress(ckpt, strings, torch.Size(bs.shape))
-    elif ckpt.arch == "mbt2018":
-        x_hat = _ar_decompress(ckpt, strings, torch.Size(bs.shape))
-    else:
-        x_hat = ckpt.model.decompress(strings, torch.Size(bs.shape))["x_hat"]
-    return to_uint8(x_hat[..., : bs.height, : bs.width])
+    out = get_coder(ckpt.arch).decompress(ckpt, strings, torch.Size(bs.shape))
+    return to_uint8(out["x_hat"][..., : bs.height, : bs.width]), out["y_hat"]
+
+
+def decompress_image(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
+                     max_pixels: int = DEFAULT_DECODE_MAX_PIXELS) -> np.ndarray:
+    return decode(ckpt, bs, source, max_pixels)[0]

@@ -1,0 +1,73 @@
+"""Coders for the factorized prior and the (mean-)scale hyperprior models.
+
+Each coder module offers ``compress(ckpt, x) -> dict(strings, shape, y_hat)``
+and ``decompress(ckpt, strings, shape) -> dict(x_hat, y_hat)``; ``y_hat`` is
+the quantized latent fed to ``g_s`` (float32, on the model's device), so a
+test can check that the decoder rebuilt exactly what the encoder coded.
+
+The hyperprior's entropy parameters come from ``h_s`` alone, run in float64
+on the CPU on both sides (see coding/codec.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import Checkpoint
+
+# name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
+HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
+         "mbt2018-mean": {"means": True, "abs_y": False}}
+
+
+def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor):
+    """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
+    params = ckpt.float64_cpu().h_s(z_hat.to("cpu", torch.float64))
+    if HYPER[ckpt.arch]["means"]:
+        scales, means = params.chunk(2, 1)
+        return scales, means
+    return params, None
+
+
+def _device(ckpt: Checkpoint) -> torch.device:
+    return next(ckpt.model.parameters()).device
+
+
+def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
+    model = ckpt.model
+    y = model.g_a(x)
+    z = model.h_a(torch.abs(y) if HYPER[ckpt.arch]["abs_y"] else y)
+    z_strings = model.entropy_bottleneck.compress(z)
+    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+    scales, means = entropy_parameters(ckpt, z_hat)
+    gc = model.gaussian_conditional
+    indexes = gc.build_indexes(scales)
+    y64 = y.to("cpu", torch.float64)
+    y_strings = gc.compress(y64, indexes, means=means)
+    y_hat = gc.quantize(y64, "dequantize", means)
+    return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
+
+
+def hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+    model = ckpt.model
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    scales, means = entropy_parameters(ckpt, z_hat)
+    gc = model.gaussian_conditional
+    y_hat = gc.decompress(strings[0], gc.build_indexes(scales), dtype=torch.float64, means=means)
+    y_hat = y_hat.to(_device(ckpt), torch.float32)
+    return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
+
+
+def factorized_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
+    model = ckpt.model
+    y = model.g_a(x)
+    eb = model.entropy_bottleneck
+    strings = eb.compress(y)
+    y_hat = eb.decompress(strings, y.shape[-2:])
+    return {"strings": [strings], "shape": y.shape[-2:], "y_hat": y_hat}
+
+
+def factorized_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+    model = ckpt.model
+    y_hat = model.entropy_bottleneck.decompress(strings[0], shape)
+    return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
