@@ -25,6 +25,7 @@ from compressai.models import (
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
+from .charm import ChARM
 from .wacnn import WACNN
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
@@ -59,6 +60,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "mbt2018", JointAutoregressiveHierarchicalPriors, ("N", "M"), 64, 2,
             "Minnen, Balle, Toderici, NeurIPS 2018 (joint autoregressive and hierarchical priors)",
+        ),
+        Architecture(
+            "charm", ChARM, ("N", "M"), 64, 2,
+            "Minnen, Singh, ICIP 2020 (channel-wise autoregressive entropy model, ChARM)",
         ),
         Architecture(
             "wacnn", WACNN, ("N", "M"), 64, 2,
