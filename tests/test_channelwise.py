@@ -116,9 +116,11 @@ def test_parameter_count_at_paper_size(arch, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
-def test_slices_must_divide_the_latent():
+def test_sizes_that_do_not_fit_are_named():
     with pytest.raises(ConfigError, match="M = 48 latent channels do not split into 10 equal slices"):
         build_model("charm", {"N": 16, "M": 48})
+    with pytest.raises(ConfigError, match="20 channels do not split into 8 attention heads"):
+        build_model("wacnn", {"N": 20, "M": 40})
 
 
 def reference_window_attention(layer: WindowAttentionLayer, x: torch.Tensor) -> torch.Tensor:
