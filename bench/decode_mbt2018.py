@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--checkpoint", type=Path, help="a trained licbench mbt2018 checkpoint")
-    parser.add_argument("--latent-std", type=float, default=2.0)
+    parser.add_argument("--latent-std", type=float, default=1.5)
     parser.add_argument("--adapt-steps", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

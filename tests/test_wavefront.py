@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from licbench.coding import autoregressive
-from licbench.coding.autoregressive import WavefrontContext
+from licbench.coding.autoregressive import WavefrontContext, scale_indexes
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.images import load_rgb8
@@ -65,6 +65,14 @@ def test_round_trip_is_exact(size, kodak, tmp_path):
     # The latent g_s decodes is the encoder's quantization of y around its means.
     ckpt_y = ckpt.model.g_a(pad_to_multiple(to_tensor(image), bs.pad_multiple)).detach()
     assert float((ckpt_y - enc_latent).abs().max()) <= 0.5 + 1e-6
+
+
+def test_scale_indexes_are_compressai_build_indexes(tmp_path):
+    gc = random_checkpoint(tmp_path).float64_cpu().gaussian_conditional
+    table = gc.scale_table
+    scales = torch.cat([table, table.nextafter(table * 2), table.nextafter(table * 0), torch.rand(5000) * 300 - 20,
+                        torch.tensor([0.0, -1.0, float("inf"), 1e-300])]).double()
+    assert torch.equal(scale_indexes(gc, scales), gc.build_indexes(scales))
 
 
 def compressai_codec(ckpt, image):
