@@ -1,6 +1,6 @@
 """Coder for mbt2018 (joint autoregressive and hierarchical priors), along a wavefront.
 
-Minnen, Balle, Toderici, NeurIPS 2018, Sec. 2 and Fig. 2: the Gaussian of the
+Minnen, Balle, Toderici, NeurIPS 2018, Sec. 2: the Gaussian of the
 latent ``y_hat`` at position (i, j) has its mean and scale from the entropy
 parameters network, fed with the hyper-decoder's output ``h_s(z_hat)`` at
 (i, j) and the context model, a 5x5 masked convolution over the positions
@@ -35,7 +35,6 @@ from compressai.ans import RansDecoder, RansEncoder
 from ..errors import CheckpointError
 from ..models import Checkpoint
 
-SCALE = 4  # y is 4x the size of z_hat (two stride-2 layers in h_a)
 FLOAT64 = torch.float64
 
 
@@ -68,7 +67,6 @@ class WavefrontContext:
                 "mbt2018 context_prediction.mask is not the causal 5x5 mask (type A) "
                 "that wavefront decoding relies on; the checkpoint is damaged"
             )
-        # Row r of the padded latent holds row r - pad of y_hat.
         self.tap_rows, self.tap_cols = taps[:, 0], taps[:, 1]
         weight = (cm.weight * cm.mask)[:, :, self.tap_rows, self.tap_cols]  # 2M x M x T
         self.context_weight = weight.permute(0, 2, 1).reshape(weight.size(0), -1).contiguous()
@@ -81,7 +79,7 @@ class WavefrontContext:
         params = model.h_s(z_hat.to("cpu", FLOAT64))  # 1 x 2M x H x W
         self.params = params[0].permute(1, 2, 0).contiguous()  # H x W x 2M
         self.height, self.width = params.shape[-2:]
-        p = self.pad
+        p = self.pad  # row r, column c of the padded latent hold y_hat's (r - p, c - p)
         self.y_hat = torch.zeros((self.height + 2 * p, self.width + 2 * p, model.M), dtype=FLOAT64)
         # The rANS coder converts its CDF table on every call: pass each row
         # only up to its length (all it reads) rather than the padded table.
@@ -121,6 +119,8 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     z_strings = model.entropy_bottleneck.compress(z)
     z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
     ctx = WavefrontContext(ckpt.float64_cpu(), z_hat)
+    if y.shape[-2:] != (ctx.height, ctx.width):
+        raise ValueError(f"latent {tuple(y.shape[-2:])} is not 4x z_hat's: pad the image to a multiple of 64")
     y = y[0].to("cpu", FLOAT64).permute(1, 2, 0)  # H x W x M
     symbols, indexes = [], []
     for rows, cols in ctx.wavefronts():
