@@ -13,7 +13,7 @@ from licbench.metrics import bpp_from_bytes, bpp_from_likelihoods
 
 # Streams: the coded latents alone (the tight figure); file: the whole
 # container, header included (the honest figure). Against -log2 likelihoods.
-TOLERANCE = {"streams": 0.05, "file": 0.06}
+TOLERANCE = {"streams": 0.06, "file": 0.07}
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def test_scale_indexes_are_compressai_build_indexes(tmp_path):
     gc = random_checkpoint(tmp_path).float64_cpu().gaussian_conditional
     table = gc.scale_table
     scales = torch.cat([table, table.nextafter(table * 2), table.nextafter(table * 0), torch.rand(5000) * 300 - 20,
-                        torch.tensor([0.0, -1.0, float("inf"), 1e-300])]).double()
+                        torch.tensor([0.0, -1.0, float("inf"), float("nan"), 1e-300])]).double()
     assert torch.equal(scale_indexes(gc, scales), gc.build_indexes(scales))
 
 

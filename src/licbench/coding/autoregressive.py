@@ -41,7 +41,8 @@ FLOAT64 = torch.float64
 def scale_indexes(gc, scales: torch.Tensor) -> torch.Tensor:
     """``gc.build_indexes(scales)`` in one call instead of one comparison per
     table entry: the number of table scales (the last excepted) below each
-    bounded scale."""
+    bounded scale. Always a valid index, NaN and infinities included (what a
+    damaged stream can drive the parameters to)."""
     return torch.bucketize(gc.lower_bound_scale(scales), gc.scale_table[:-1]).int()
 
 
