@@ -138,7 +138,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
         torch.set_num_threads(threads)
     assert torch.equal(captured[0], expected)
     if arch == "mbt2018":
-        return  # its context loop codes one position at a time: no batch layout
+        return  # its coder's batch layout is fixed by the wavefront: tests/test_wavefront.py
     # The same z_hat inside a batch of two gives the same scales and means.
     with torch.no_grad():
         m = ckpt.model
