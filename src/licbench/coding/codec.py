@@ -12,7 +12,9 @@ The analysis transform may run anywhere (only the encoder uses it), and so may
 the synthesis (it only shapes the reconstruction, not the symbols).
 The autoregressive ``mbt2018`` runs its whole context loop (h_s, masked
 context convolution, entropy parameters) in float64 on the CPU in the same way.
-The factorized model's indexes do not depend on data.
+The channel-wise models (``charm``, ``wacnn``) run h_s and every slice's
+mean, scale and residual-prediction transforms in float64 on the CPU likewise
+(coding/channelwise.py). The factorized model's indexes do not depend on data.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
-from . import autoregressive, hyper
+from . import autoregressive, channelwise, hyper
 from .container import Bitstream
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
 
@@ -76,6 +78,8 @@ CODERS: dict[str, Coder] = {
     "bmshj2018-hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress),
     "mbt2018-mean": Coder(hyper.hyper_compress, hyper.hyper_decompress),
     "mbt2018": Coder(autoregressive.compress, autoregressive.decompress),
+    "charm": Coder(channelwise.compress, channelwise.decompress),
+    "wacnn": Coder(channelwise.compress, channelwise.decompress),
 }
 
 

@@ -1,7 +1,9 @@
 """Architectures by name, and checkpoints that load without unpickling code.
 
-CompressAI's reference architectures are used as they are. Each entry records
-the constructor and the spatial factor an input must be a multiple of.
+CompressAI's reference architectures are used as they are; ChARM and WACNN,
+not in CompressAI, are written here on its layers and entropy models
+(channelwise.py, charm.py, wacnn.py). Each entry records the constructor and
+the spatial factor an input must be a multiple of.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from compressai.models import (
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
+from .wacnn import WACNN
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -56,6 +59,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "mbt2018", JointAutoregressiveHierarchicalPriors, ("N", "M"), 64, 2,
             "Minnen, Balle, Toderici, NeurIPS 2018 (joint autoregressive and hierarchical priors)",
+        ),
+        Architecture(
+            "wacnn", WACNN, ("N", "M"), 64, 2,
+            "Zou, Song, Zhang, CVPR 2022 (window-based attention CNN, channel-wise entropy model)",
         ),
     )
 }
