@@ -29,9 +29,14 @@ import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import GDN, conv1x1
+from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
 from torch import Tensor
+
+from ..errors import ConfigError
+from .channelwise import ChannelConditional
+from .wacnn import WindowAttentionBlock, hyper_analysis_transform, hyper_synthesis_transform, slice_transform
 
 # --- regions, MAP and expansion ---------------------------------------------
 
@@ -185,9 +190,186 @@ class PrototypeCoder(nn.Module):
     def forward(self, prototypes: Tensor) -> tuple[Tensor, Tensor]:
         """(R, C, 1, 1) or (B, C, grid, grid) prototypes -> (decoded prototypes,
         likelihoods). As in the official code, the decoded value is the latent
-        rounded around its medians (straight-through), not the noisy one; the
-        medians are detached, so that only the aux loss trains them."""
+        rounded around its medians (straight-through), not the noisy one."""
         latent = self.g_a(prototypes)
         _, likelihoods = self.entropy_bottleneck(latent)
-        medians = self.entropy_bottleneck._get_medians().detach()
+        medians = self.entropy_bottleneck._get_medians()
         return self.g_s(quantize_ste(latent - medians) + medians), likelihoods
+
+
+def grid_map(prototypes: Tensor, batch: int, grid: int) -> Tensor:
+    """(B * grid², C) prototypes of :func:`grid_regions` -> (B, C, grid, grid),
+    the layout their latents are coded in."""
+    return prototypes.view(batch, grid, grid, -1).permute(0, 3, 1, 2)
+
+
+def grid_rows(maps: Tensor) -> Tensor:
+    """The inverse of :func:`grid_map`."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+
+# --- the model ----------------------------------------------------------------
+
+
+class SegPIC(CompressionModel):
+    """SegPIC (paper: N=192, M=320, a 4 x 4 grid at inference).
+
+    WACNN's window attention and channel-wise entropy model (10 slices, 5
+    supporting, LRP), with SAL in every sampling block, and RAT in the
+    encoder (``rat_encoder`` at 1/4, ``rat_hyper_encoder`` on ``y`` before
+    h_a), in the decoder (``rat_decoder`` at 1/4) and in the entropy model
+    (``rat_means``, ``rat_scales`` on the hyper-synthesis features). Level-1
+    prototypes are pooled from the features at 1/4, level-2 ones from ``y``
+    at 1/16; each level is coded by its :class:`PrototypeCoder`.
+
+    ``forward(x, partition)`` trains with a (B, H, W) partition of the image
+    (region ids per sample; the masks stage's), downsampled by nearest
+    neighbour to 1/4 and 1/16; without one, and always in ``compress`` /
+    ``decompress``, the uniform ``grid x grid`` partition is used. ``use_mask``
+    (0/1) records whether training gave partitions (the paper's ablation
+    trains on the grid); the model itself runs either way.
+
+    Widths not given by N and M follow the official code at N=192, M=320 and
+    scale with N elsewhere: prototype latents N/2 channels (96), hidden
+    widths 2N/3 and N (128, 192); the last synthesis block has 32 channels at
+    every size. Likelihood keys: ``y``, ``z``, ``prototypes1``, ``prototypes2``
+    (the official ``z_center``, ``z_center2``).
+    """
+
+    def __init__(self, N: int = 192, M: int = 320, grid: int = 4, use_mask: int = 1,
+                 num_slices: int = 10, max_support_slices: int = 5):
+        super().__init__()
+        if grid < 1:
+            raise ConfigError(f"segpic: grid = {grid}, the uniform partition needs at least 1 x 1 cells")
+        self.N, self.M, self.grid, self.use_mask = N, M, grid, use_mask
+        self.g_a1 = nn.Sequential(down_block(3, N), down_block(N, N),
+                                  WindowAttentionBlock(N, num_heads=8, window=8, shift=4))
+        self.g_a2 = nn.Sequential(down_block(N, N), down_block(N, M),
+                                  WindowAttentionBlock(M, num_heads=8, window=4, shift=2))
+        self.g_s0 = nn.Sequential(WindowAttentionBlock(M, num_heads=8, window=4, shift=2),
+                                  up_block(M, N), up_block(N, N))
+        self.g_s1 = nn.Sequential(WindowAttentionBlock(N, num_heads=8, window=8, shift=4),
+                                  up_block(N, N), up_block(N, 32), conv1x1(32, 3))
+        self.h_a = hyper_analysis_transform(M, N)
+        self.h_mean_s = hyper_synthesis_transform(M, N)
+        self.h_scale_s = hyper_synthesis_transform(M, N)
+
+        latent, hidden = N // 2, 2 * N // 3
+        self.prototype_coder1 = PrototypeCoder((N, hidden, latent, latent), (latent, hidden, N, N))
+        self.prototype_coder2 = PrototypeCoder((M, N, hidden, latent), (latent, hidden, N, M))
+        self.rat_encoder = RegionAdaptiveTransform(N, N)
+        self.rat_hyper_encoder = RegionAdaptiveTransform(M, M)
+        self.rat_means = RegionAdaptiveTransform(M, M)
+        self.rat_scales = RegionAdaptiveTransform(M, M)
+        self.rat_decoder = RegionAdaptiveTransform(N, N)
+
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.channel_conditional = ChannelConditional(
+            M, num_slices, max_support_slices, lambda i, o: slice_transform(i, o, M))
+
+    def regions(self, features: Tensor, partition: Tensor | None, factor: int) -> tuple[Tensor, int]:
+        """Region ids at the resolution of ``features`` (1/``factor`` of the
+        image): the partition downsampled if given, else the uniform grid."""
+        b, _, h, w = features.shape
+        if partition is None:
+            return grid_regions(b, h, w, self.grid, features.device)
+        small = downsample_partition(partition, factor)
+        if small.shape != (b, h, w):
+            raise ValueError(f"partition {tuple(partition.shape)} does not fit a batch of {b} images "
+                             f"whose features at 1/{factor} are {h}x{w}")
+        return mask_regions(small)
+
+    def entropy_parameters(self, z_hat: Tensor, size: tuple[int, int],
+                           prototypes: Tensor) -> tuple[Tensor, Tensor]:
+        """(latent_means, latent_scales) for the slices: h_mean_s and h_scale_s,
+        cropped to ``y``'s ``size``, each steered by RAT with the level-2
+        prototypes expanded over ``y``'s regions."""
+        h, w = size
+        means = self.rat_means(self.h_mean_s(z_hat)[..., :h, :w], prototypes)
+        scales = self.rat_scales(self.h_scale_s(z_hat)[..., :h, :w], prototypes)
+        return means, scales
+
+    def forward(self, x: Tensor, partition: Tensor | None = None) -> dict:
+        y1 = self.g_a1(x)
+        regions1, count1 = self.regions(y1, partition, 4)
+        pooled1 = masked_average_pool(y1, regions1, count1)[..., None, None]
+        prototypes1, prototypes1_likelihoods = self.prototype_coder1(pooled1)
+        expanded1 = expand_prototypes(prototypes1.flatten(1), regions1)
+        y = self.g_a2(self.rat_encoder(y1, expanded1))
+
+        regions2, count2 = self.regions(y, partition, 16)
+        pooled2 = masked_average_pool(y, regions2, count2)[..., None, None]
+        prototypes2, prototypes2_likelihoods = self.prototype_coder2(pooled2)
+        expanded2 = expand_prototypes(prototypes2.flatten(1), regions2)
+        z = self.h_a(self.rat_hyper_encoder(y, expanded2))
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        z_offset = self.entropy_bottleneck._get_medians()
+        z_hat = quantize_ste(z - z_offset) + z_offset
+
+        means, scales = self.entropy_parameters(z_hat, y.shape[-2:], expanded2)
+        y_hat, y_likelihoods = self.channel_conditional(y, means, scales)
+        x_hat = self.g_s1(self.rat_decoder(self.g_s0(y_hat), expanded1))
+        return {"x_hat": x_hat, "likelihoods": {
+            "y": y_likelihoods, "z": z_likelihoods,
+            "prototypes1": prototypes1_likelihoods, "prototypes2": prototypes2_likelihoods}}
+
+    def _grid_prototypes(self, coder: PrototypeCoder, features: Tensor) -> tuple[list[bytes], Tensor]:
+        """Pool ``features`` over the grid, code the latents: (strings, decoded latents)."""
+        regions, count = grid_regions(features.size(0), *features.shape[-2:], self.grid, features.device)
+        pooled = grid_map(masked_average_pool(features, regions, count), features.size(0), self.grid)
+        eb = coder.entropy_bottleneck
+        strings = eb.compress(coder.g_a(pooled))
+        return strings, eb.decompress(strings, (self.grid, self.grid))
+
+    def _expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, C, grid, grid) decoded prototypes -> (B, C, h, w) over the grid's cells."""
+        regions, _ = grid_regions(prototypes.size(0), *size, self.grid, prototypes.device)
+        return expand_prototypes(grid_rows(prototypes), regions)
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, entropy: "SegPIC | None" = None) -> dict:
+        """Four streams per image: ``y`` (every slice), ``z``, the level-1 and the
+        level-2 prototype latents (``grid x grid`` each); ``shape`` is ``z``'s.
+
+        ``entropy`` computes what the decoder must reproduce bit for bit: the
+        level-2 prototypes' synthesis, h_s, the entropy model's RATs and the
+        slices (coding/segpic.py passes the float64 CPU copy); default: self.
+        Returns the decoder's ``y_hat`` too.
+        """
+        ep = entropy if entropy is not None else self
+        param = next(ep.parameters())
+        y1 = self.g_a1(x)
+        strings1, latents1 = self._grid_prototypes(self.prototype_coder1, y1)
+        prototypes1 = self.prototype_coder1.g_s(latents1)
+        y = self.g_a2(self.rat_encoder(y1, self._expand_grid(prototypes1, y1.shape[-2:])))
+
+        strings2, latents2 = self._grid_prototypes(self.prototype_coder2, y)
+        prototypes2 = ep.prototype_coder2.g_s(latents2.to(param))
+        expanded2 = ep._expand_grid(prototypes2, y.shape[-2:])
+        z = self.h_a(self.rat_hyper_encoder(y, expanded2.to(y)))
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+
+        params = ep.entropy_parameters(z_hat.to(param), y.shape[-2:], expanded2)
+        y_strings, y_hat = ep.channel_conditional.compress(y.to(param), *params)
+        return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:],
+                "y_hat": y_hat.to(x)}
+
+    @torch.no_grad()
+    def decompress(self, strings: list, shape, entropy: "SegPIC | None" = None) -> dict:
+        """The image (and ``y_hat``) from :meth:`compress`'s strings and ``z``'s shape."""
+        ep = entropy if entropy is not None else self
+        param, device = next(ep.parameters()), next(self.parameters()).device
+        grid = (self.grid, self.grid)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        latents1 = self.prototype_coder1.entropy_bottleneck.decompress(strings[2], grid)
+        latents2 = self.prototype_coder2.entropy_bottleneck.decompress(strings[3], grid)
+        y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
+        expanded2 = ep._expand_grid(ep.prototype_coder2.g_s(latents2.to(param)), y_size)
+        params = ep.entropy_parameters(z_hat.to(param), y_size, expanded2)
+        y_hat = ep.channel_conditional.decompress(strings[0], *params).to(device, torch.float32)
+
+        features = self.g_s0(y_hat)
+        prototypes1 = self.prototype_coder1.g_s(latents1)
+        x_hat = self.g_s1(self.rat_decoder(features, self._expand_grid(prototypes1, features.shape[-2:])))
+        return {"x_hat": x_hat.clamp_(0, 1), "y_hat": y_hat}
