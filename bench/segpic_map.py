@@ -98,7 +98,10 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--regions", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     features = torch.randn(args.batch, args.channels, args.size, args.size)

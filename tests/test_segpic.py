@@ -161,11 +161,13 @@ def official_parameter_count(N=192, M=320) -> int:
 
     down = lambda i, o: conv(i, o, 5) + gdn(o) + sal(o)  # noqa: E731  Downblock_SAL
     up = lambda i, o: sal(i) + conv(i, o, 5) + gdn(o)  # noqa: E731  Upblock_SAL
-    total = down(3, N) + down(N, N) + win_attention(N, 8, 8) + down(N, N) + down(N, M) + win_attention(M, 8, 4)
+    total = down(3, N) + down(N, N) + win_attention(N, 8, 8)
+    total += down(N, N) + down(N, M) + win_attention(M, 8, 4)
     total += win_attention(M, 8, 4) + up(M, N) + up(N, N) + win_attention(N, 8, 8) + up(N, N) + up(N, 32)
     total += conv(32, 3, 1)
     total += conv(320, 320, 3) + conv(320, 288, 3) + conv(288, 256, 3) + conv(256, 224, 3) + conv(224, 192, 3)
-    h_s = conv(192, 192, 3) + conv(192, 224 * 4, 3) + conv(224, 256, 3) + conv(256, 288 * 4, 3) + conv(288, 320, 3)
+    h_s = (conv(192, 192, 3) + conv(192, 224 * 4, 3) + conv(224, 256, 3) + conv(256, 288 * 4, 3)
+           + conv(288, 320, 3))
     total += 2 * h_s
     total += conv(192, 128, 1) + gdn(128) + conv(128, 96, 1) + gdn(96) + conv(96, 96, 1)  # g_ab
     total += conv(96, 128, 1) + gdn(128) + conv(128, 192, 1) + gdn(192) + conv(192, 192, 1)  # g_sb
@@ -293,64 +295,72 @@ def test_the_resume_digest_covers_the_partitions():
 
 # --- the stages ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def staged(mirror, tmp_path_factory):
-    """Kodak with fallback masks of its test split (the training split here)."""
+TINY_PARAMS = {
+    "datasets": {"sets": ["kodak"], "mirror": None},
+    "archs": ["segpic"],
+    "lambdas": [0.01],
+    "architectures": {"segpic": TINY},
+    "train": {"dataset": "kodak", "split": "test", "steps": 2, "batch_size": 2, "crop": 64,
+              "lr": 0.001, "seed": 0, "device": "cpu", "log_every": 1},
+    "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 1},
+    "anchors": {"codecs": {"jpeg": [50]}, "binaries": {}, "workers": 1, "max_images": 1},
+    "report": {"method": "pchip", "published": ["segpic"]},
+    "masks": {"sets": {"kodak": ["test"]}, "generator": "fallback", "fallback_when_unavailable": True,
+              "device": "cpu", "workers": 1, "max_images": None, "overlays": 0,
+              "sam": {"model_type": "vit_b"}, "fallback": {"downscale": 4}},
+    "mlflow": {"experiment": "licbench"},
+}
+
+
+def test_dvc_repro_trains_and_evaluates_with_masks_and_with_the_grid(mirror, tmp_path):
+    """``dvc repro`` of SegPIC's evaluation in a copy of the repository: the
+    datasets, masks, train and evaluate stages, with use_mask 1, then 0."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    repo = tmp_path / "repo"
+    for f in filter(None, files):
+        if (REPO / f).is_file() and f != "dvc.lock":
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (repo / f).write_bytes((REPO / f).read_bytes())
+    env = dict(os.environ, LICBENCH_MIRROR=str(mirror), PYTHONPATH=str(repo / "src"),
+               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def run(*cmd):
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout + proc.stderr
+
+    def repro(use_mask):
+        params = dict(TINY_PARAMS, architectures={"segpic": dict(TINY, use_mask=use_mask)})
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(os.path.join(os.path.dirname(sys.executable), "dvc"), "repro", "evaluate@segpic-0.01-kodak")
+        return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "copy")
+    assert repro(1) == ["datasets@kodak", "evaluate@segpic-0.01-kodak", "masks@kodak", "train@segpic-0.01"]
+    summary = json.loads((repo / "data/metrics/kodak/segpic-0.01.json").read_text())
+    stream = (repo / "data/eval/kodak/segpic-0.01/bitstreams/kodim01.lic").read_bytes()
+    assert summary["images"] == 1 and summary["bpp"] == pytest.approx(8 * len(stream) / (768 * 512))
+    assert json.loads((repo / "models/segpic-0.01/train.json").read_text())["use_mask"] == 1
+    # The grid: the masks stay as they are, the model trains again.
+    assert repro(0) == ["evaluate@segpic-0.01-kodak", "train@segpic-0.01"]
+    assert json.loads((repo / "models/segpic-0.01/train.json").read_text())["use_mask"] == 0
+
+
+def test_missing_masks_are_named(mirror, tmp_path):
     from licbench.data.datasets import prepare_dataset
     from licbench.data.sources import kodak
-    from licbench.masks.stage import run_masks_stage
-
-    root = tmp_path_factory.mktemp("data")
-    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    params = {"masks": {"sets": {"kodak": ["test"]}, "generator": "fallback", "workers": 1,
-                        "overlays": 0, "fallback": {"method": "felzenszwalb", "scale": 300, "sigma": 0.8,
-                                                    "min_size": 200, "downscale": 4}},
-              "mlflow": {"experiment": "test"}}
-    run_masks_stage(params, "kodak", root / "masks" / "kodak", root / "masks.json", root)
-    return root
-
-
-@pytest.mark.parametrize("use_mask", [1, 0])
-def test_train_and_evaluate_stages(staged, use_mask, tmp_path):
-    """``stages/train.py`` then ``stages/evaluate.py`` as DVC runs them."""
-    params = {
-        "architectures": {"segpic": dict(TINY, use_mask=use_mask)},
-        "train": {"dataset": "kodak", "split": "test", "steps": 2, "batch_size": 2, "crop": 64,
-                  "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 1},
-        "evaluate": {"device": "cpu", "max_images": 1},
-        "mlflow": {"experiment": "test"},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    model = tmp_path / "models" / "segpic-0.01"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    for cmd in (["stages/train.py", "--arch", "segpic", "--lmbda", "0.01",
-                 "--checkpoint", str(model / "checkpoint.pt"), "--summary", str(model / "train.json"),
-                 "--state", str(model / "state.pt")],
-                ["stages/evaluate.py", "--dataset", "kodak", "--checkpoint", str(model / "checkpoint.pt"),
-                 "--out", str(tmp_path / "eval"), "--summary", str(tmp_path / "eval.json")]):
-        proc = subprocess.run([sys.executable, str(REPO / cmd[0]), *cmd[1:], "--params",
-                               str(tmp_path / "params.yaml"), "--data-root", str(staged)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    train_summary = json.loads((model / "train.json").read_text())
-    assert train_summary["steps"] == 2 and train_summary["use_mask"] == use_mask
-    summary = json.loads((tmp_path / "eval.json").read_text())
-    assert summary["arch"] == "segpic" and summary["images"] == 1
-    assert summary["bpp"] > 0 and summary["psnr"] > 0
-    stream = (tmp_path / "eval" / "bitstreams" / "kodim01.lic").read_bytes()
-    assert summary["bpp"] == pytest.approx(8 * len(stream) / (768 * 512))
-
-
-def test_missing_masks_are_named(staged, tmp_path):
     from licbench.train import run_train_stage
 
+    root = tmp_path / "data"  # the images, but no masks stage output
+    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
     params = {"architectures": {"segpic": TINY},
               "train": {"dataset": "kodak", "split": "test", "steps": 1, "batch_size": 2, "crop": 64,
                         "device": "cpu"}}
-    root = tmp_path / "data"  # the images, but no masks stage output
-    root.mkdir()
-    for name in ("manifests", "kodak"):
-        (root / name).symlink_to(staged / name)
     with pytest.raises(MaskError, match=r"masks[/\\]kodak[/\\]masks.parquet: mask table not found"):
         run_train_stage(params, "segpic", 0.01, tmp_path / "c.pt", tmp_path / "t.json", root)
     assert not (tmp_path / "c.pt").exists()
@@ -364,7 +374,8 @@ def test_quick_and_paper_settings_are_valid():
     assert "segpic" not in quick["archs"]
     paper = yaml.safe_load((REPO / "configs" / "paper-segpic.yaml").read_text())
     cfg = TrainConfig.from_params(paper["train"])
-    assert (cfg.crop, cfg.batch_size, cfg.lr, cfg.lr_schedule) == (256, 32, 1e-4, "plateau")
+    assert (cfg.crop, cfg.batch_size, cfg.lr) == (256, 32, 1e-4)
+    assert (cfg.lr_schedule, cfg.lr_factor, cfg.lr_patience) == ("plateau", 0.5, 16)
     assert all(architecture_config(paper, "segpic", lmbda) == {"N": 192, "M": 320, "grid": 4, "use_mask": 1}
                for lmbda in paper["lambdas"])
     assert cfg.split in paper["masks"]["sets"][cfg.dataset]  # the train stage reads these masks
