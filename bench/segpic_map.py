@@ -5,10 +5,11 @@ versions of licbench.models.segpic against plain loops, on the CPU.
 
 Features of the size RAT sees at 1/4 resolution in training (256 crops, N=192),
 and a random Voronoi partition of ``--regions`` regions per image (every region
-present). Timed, forward only (the median of ``--repeat`` runs after a warm-up):
+present). Timed (the median of ``--repeat`` rounds after a warm-up, the three
+functions in turn in each round; forward + backward over a third as many):
 
 - ``vectorised``: ``mask_regions`` + ``masked_average_pool`` + ``expand_prototypes``
-  (one unique, one scatter-add, one gather for the whole batch);
+  (a renumbering, one scatter-add and one gather for the whole batch);
 - ``region_loop``: the straightforward loop, per sample and per region, of a
   boolean mask, the mean of the features under it, and its write-back;
 - ``one_hot_loop``: the official code's shape (``mask_pool2d`` / ``mask_expand``):
@@ -51,9 +52,9 @@ def voronoi_partitions(batch: int, size: int, regions: int, seed: int = 0) -> to
 
 
 def vectorised(features, partition):
-    regions, count = mask_regions(partition)
-    prototypes = masked_average_pool(features, regions, count)
-    return prototypes, expand_prototypes(prototypes, regions)
+    ids, valid = mask_regions(partition)
+    prototypes = masked_average_pool(features, ids, valid.shape[1])
+    return prototypes[valid], expand_prototypes(prototypes, ids)
 
 
 def region_loop(features, partition):
@@ -78,8 +79,10 @@ def one_hot_loop(features, partition):
     return torch.cat(prototypes), torch.stack(expanded)
 
 
-def timed(fn, features, partition, repeat: int, backward: bool) -> float:
-    def once():
+def interleaved(fns: dict, features, partition, repeat: int, backward: bool) -> dict:
+    """Median seconds per call of each function, timed in turn within each
+    round (a machine whose load changes affects them alike)."""
+    def once(fn):
         f = features.detach().requires_grad_(backward)
         t0 = time.perf_counter()
         p, e = fn(f, partition)
@@ -87,8 +90,11 @@ def timed(fn, features, partition, repeat: int, backward: bool) -> float:
             (p.sum() + e.square().sum()).backward()
         return time.perf_counter() - t0
 
-    once()
-    return statistics.median(once() for _ in range(repeat))
+    with torch.set_grad_enabled(backward):
+        for fn in fns.values():
+            once(fn)  # warm-up
+        rounds = [{name: once(fn) for name, fn in fns.items()} for _ in range(repeat)]
+    return {name: statistics.median(r[name] for r in rounds) for name in fns}
 
 
 def main():
@@ -113,13 +119,10 @@ def main():
     diff = max((a - b).abs().max().item() for a, b in zip(ours, loop))
     diff_one_hot = max((a - b).abs().max().item() for a, b in zip(ours, official))
 
-    seconds = {}
-    for name, fn in (("vectorised", vectorised), ("region_loop", region_loop),
-                     ("one_hot_loop", one_hot_loop)):
-        with torch.no_grad():
-            forward = timed(fn, features, partition, args.repeat, backward=False)
-        seconds[name] = {"forward": forward,
-                         "forward_backward": timed(fn, features, partition, args.repeat, True)}
+    fns = {"vectorised": vectorised, "region_loop": region_loop, "one_hot_loop": one_hot_loop}
+    forward = interleaved(fns, features, partition, args.repeat, backward=False)
+    both = interleaved(fns, features, partition, max(1, args.repeat // 3), backward=True)
+    seconds = {name: {"forward": forward[name], "forward_backward": both[name]} for name in fns}
     result = {
         "map_speedup": seconds["region_loop"]["forward"] / seconds["vectorised"]["forward"],
         "max_abs_diff": diff,

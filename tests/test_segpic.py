@@ -21,7 +21,7 @@ from licbench.errors import ConfigError, FormatError, MaskError
 from licbench.metrics import bpp_from_likelihoods
 from licbench.models import build_model, load_checkpoint, save_checkpoint
 from licbench.models.segpic import (
-    SegPIC, expand_prototypes, grid_regions, mask_regions, masked_average_pool,
+    SegPIC, expand_prototypes, grid_map, grid_regions, mask_regions, masked_average_pool,
 )
 from licbench.train import TrainConfig, train_model, training_digest
 
@@ -49,16 +49,18 @@ def test_map_and_expansion_equal_a_loop_over_regions():
     partition = torch.randint(0, 7, (3, 12, 10))
     partition[1][partition[1] == 3] = 20  # ids need not be contiguous...
     partition[2][partition[2] == 0] = 1  # ...nor all present
-    regions, count = mask_regions(partition)
-    assert count == sum(len(torch.unique(p)) for p in partition)
-    prototypes = masked_average_pool(features, regions, count)
-    expanded = expand_prototypes(prototypes, regions)
+    ids, valid = mask_regions(partition)
+    counts = [len(torch.unique(p)) for p in partition]
+    assert valid.sum(1).tolist() == counts and valid.shape == (3, max(counts))
+    prototypes = masked_average_pool(features, ids, valid.shape[1])
+    expanded = expand_prototypes(prototypes, ids)
     ref_prototypes, ref_expanded = region_loop(features, partition)
-    torch.testing.assert_close(prototypes, ref_prototypes, rtol=0, atol=1e-12)
+    torch.testing.assert_close(prototypes[valid], ref_prototypes, rtol=0, atol=1e-12)
+    assert (prototypes[~valid] == 0).all()
     torch.testing.assert_close(expanded, ref_expanded, rtol=0, atol=1e-12)
     # The gradients too (the backward of the scatter-add and of the gather).
     weights = torch.randn_like(expanded)
-    grad, = torch.autograd.grad((expanded * weights).sum() + prototypes.square().sum(), features)
+    grad, = torch.autograd.grad((expanded * weights).sum() + prototypes[valid].square().sum(), features)
     ref_grad, = torch.autograd.grad((ref_expanded * weights).sum() + ref_prototypes.square().sum(), features)
     torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12)
 
@@ -66,23 +68,23 @@ def test_map_and_expansion_equal_a_loop_over_regions():
 def test_grid_regions_are_the_cells_of_adaptive_pooling_and_nearest_expansion():
     torch.manual_seed(0)
     features = torch.randn(2, 3, 16, 8)
-    regions, count = grid_regions(2, 16, 8, 4)
-    assert count == 32 and regions.unique().tolist() == list(range(32))
-    prototypes = masked_average_pool(features, regions, count)
+    ids, valid = grid_regions(2, 16, 8, 4)
+    assert valid.shape == (2, 16) and valid.all() and ids[1].unique().tolist() == list(range(16))
+    prototypes = masked_average_pool(features, ids, 16)
     maps = F.adaptive_avg_pool2d(features, 4)  # divisible: the same cells
-    torch.testing.assert_close(prototypes, maps.permute(0, 2, 3, 1).reshape(-1, 3))
-    torch.testing.assert_close(expand_prototypes(prototypes, regions),
+    torch.testing.assert_close(grid_map(prototypes, 4), maps)
+    torch.testing.assert_close(expand_prototypes(prototypes, ids),
                                F.interpolate(maps, size=(16, 8), mode="nearest"))
     # Not divisible: one set of integer cells for pooling and expansion alike.
     # (adaptive_avg_pool2d's bins overlap there, and nearest interpolation's
     # float index rounds 12 * (4 / 48) down: their cells disagree.)
-    regions, _ = grid_regions(1, 7, 48, 4)
-    rows, cols = regions[0] // 4, regions[0] % 4
+    ids, _ = grid_regions(1, 7, 48, 4)
+    rows, cols = ids[0] // 4, ids[0] % 4
     assert rows[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3]
     assert cols[0].tolist() == [i * 4 // 48 for i in range(48)]
     # Fewer rows than cells: the empty cells' prototypes are 0, read by no pixel.
-    regions, count = grid_regions(1, 2, 8, 4)
-    prototypes = masked_average_pool(torch.ones(1, 1, 2, 8), regions, count)
+    ids, _ = grid_regions(1, 2, 8, 4)
+    prototypes = masked_average_pool(torch.ones(1, 1, 2, 8), ids, 16)
     assert prototypes.view(4, 4)[:, 0].tolist() == [1, 0, 1, 0]
 
 
@@ -116,7 +118,7 @@ def test_training_on_the_grid_is_the_inference_path(tiny_model):
     """The grid given as a partition at image resolution (as use_mask: false
     would) takes exactly the path of the model without partition."""
     x = torch.rand(1, 3, 128, 192)
-    grid, _ = grid_regions(1, 128, 192, 4)
+    grid, _ = grid_regions(1, 128, 192, 4)  # at image resolution
     with torch.no_grad():
         a = tiny_model(x)
         b = tiny_model(x, grid)

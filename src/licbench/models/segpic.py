@@ -20,7 +20,7 @@ The pieces, in the paper's vocabulary (Sec. 3):
 Regions are integer maps; MAP and the expansion are one scatter-add and one
 gather over the whole batch (the official code loops over samples with
 one-hot masks), and the uniform grid is one more such map, so training on the
-grid and coding with it take exactly the same path.
+grid and coding with it take the same path.
 """
 
 from __future__ import annotations
@@ -39,40 +39,44 @@ from .channelwise import ChannelConditional
 from .wacnn import WindowAttentionBlock, hyper_analysis_transform, hyper_synthesis_transform, slice_transform
 
 # --- regions, MAP and expansion ---------------------------------------------
+#
+# A partition of a batch is ``ids`` (B, H, W), each pixel's region within its
+# sample, 0..K-1, and ``valid`` (B, K): which of a sample's K slots hold a
+# region (samples have different numbers of regions). Prototypes are
+# (B, K, C); the coded ones are ``prototypes[valid]``.
 
 
-def mask_regions(partition: Tensor) -> tuple[Tensor, int]:
-    """Region ids unique across a batch: ``partition`` (B, H, W), each sample's
-    own ids, becomes ids ``0..R-1`` numbered sample by sample; returns them and R.
-
-    Only the regions present get an id: a region that a nearest-neighbour
-    downsampling dropped has no prototype (and costs no bits).
-    """
+def mask_regions(partition: Tensor) -> tuple[Tensor, Tensor]:
+    """``ids`` and ``valid`` of a (B, H, W) partition of any integer ids: each
+    sample's ids renumbered 0..K_b-1 in their order. A region absent from the
+    map (dropped by a nearest-neighbour downsampling) gets no slot, so no
+    prototype and no bits."""
     partition = partition.long()
-    span = int(partition.max()) + 1 if partition.numel() else 1
-    keys = partition + span * torch.arange(partition.shape[0], device=partition.device).view(-1, 1, 1)
-    present = torch.zeros(span * partition.shape[0], dtype=torch.bool, device=partition.device)
-    present[keys.reshape(-1)] = True
-    renumber = present.cumsum(0) - 1  # a counting pass, no sort (torch.unique sorts)
-    return renumber[keys], int(renumber[-1]) + 1
+    b = partition.shape[0]
+    flat = partition.reshape(b, -1)
+    span = int(flat.max()) + 1 if flat.numel() else 1
+    present = torch.zeros(b, span, dtype=torch.bool, device=partition.device).scatter_(1, flat, True)
+    renumber = present.cumsum(1) - 1  # a counting pass, no sort (torch.unique sorts)
+    counts = present.sum(1)
+    slots = torch.arange(int(counts.max()) if b else 0, device=partition.device)
+    return renumber.gather(1, flat).view_as(partition), slots < counts[:, None]
 
 
 def grid_regions(batch: int, height: int, width: int, grid: int,
-                 device: torch.device | str = "cpu") -> tuple[Tensor, int]:
-    """The uniform ``grid x grid`` partition of a ``height x width`` map, as ids
-    ``b * grid**2 + row * grid + column`` (R = batch * grid**2).
+                 device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """``ids`` and ``valid`` of the uniform ``grid x grid`` partition of a
+    ``height x width`` map: cell ``row * grid + column``, every cell a slot.
 
     Cell bounds are exact integers (pixel ``i`` of ``n`` is in cell
     ``i * grid // n``), used both to pool and to expand: the official code
     pools with ``adaptive_avg_pool2d`` and expands with nearest interpolation,
-    whose bins differ when ``n`` is not a multiple of ``grid``. With
+    whose cells differ when ``n`` is not a multiple of ``grid``. With
     ``n < grid`` some cells are empty: their prototype is 0 and no pixel reads it.
     """
     rows = torch.arange(height, device=device) * grid // height
     cols = torch.arange(width, device=device) * grid // width
-    cells = rows[:, None] * grid + cols[None, :]
-    offsets = torch.arange(batch, device=device).view(-1, 1, 1) * grid * grid
-    return cells[None] + offsets, batch * grid * grid
+    cells = (rows[:, None] * grid + cols[None, :]).expand(batch, height, width)
+    return cells, torch.ones(batch, grid * grid, dtype=torch.bool, device=device)
 
 
 def downsample_partition(partition: Tensor, factor: int) -> Tensor:
@@ -81,25 +85,32 @@ def downsample_partition(partition: Tensor, factor: int) -> Tensor:
     return partition[:, ::factor, ::factor]
 
 
-def masked_average_pool(features: Tensor, regions: Tensor, count: int) -> Tensor:
-    """MAP: (B, C, H, W) features and (B, H, W) ids in ``0..count-1`` ->
-    (count, C), each region's mean feature (0 for a region with no pixel)."""
+def masked_average_pool(features: Tensor, ids: Tensor, slots: int) -> Tensor:
+    """MAP: (B, C, H, W) features, (B, H, W) ids in ``0..slots-1`` -> (B, slots, C),
+    each region's mean feature (0 in a slot with no pixel). One scatter-add
+    over the features as they lie (no copy), one count."""
     b, c, h, w = features.shape
-    ids = regions.reshape(-1)
-    # Channels first: (C, B*H*W) moves whole H*W planes; (B*H*W, C) would
-    # transpose every pixel, which costs more than the sums themselves.
-    flat = features.transpose(0, 1).reshape(c, -1)
-    sums = features.new_zeros(c, count).index_add_(1, ids, flat)
-    areas = torch.bincount(ids, minlength=count).clamp_(min=1).to(features.dtype)
-    return (sums / areas).t()
+    index = ids.reshape(b, 1, h * w).expand(b, c, h * w)
+    sums = features.new_zeros(b, c, slots).scatter_add_(2, index, features.reshape(b, c, h * w))
+    offsets = slots * torch.arange(b, device=ids.device).view(b, 1)
+    areas = torch.bincount((ids.reshape(b, -1) + offsets).view(-1), minlength=b * slots)
+    return (sums / areas.view(b, 1, slots).clamp(min=1)).transpose(1, 2)
 
 
-def expand_prototypes(prototypes: Tensor, regions: Tensor) -> Tensor:
-    """The inverse of MAP's pooling: (R, C) prototypes, (B, H, W) ids ->
-    (B, C, H, W), each pixel carrying its region's prototype."""
-    b, h, w = regions.shape
-    planes = prototypes.t().index_select(1, regions.reshape(-1))  # C, B*H*W
-    return planes.view(-1, b, h, w).transpose(0, 1).contiguous()
+def expand_prototypes(prototypes: Tensor, ids: Tensor) -> Tensor:
+    """The inverse of MAP's pooling: (B, K, C) prototypes, (B, H, W) ids ->
+    (B, C, H, W), each pixel carrying its region's prototype (one gather)."""
+    b, h, w = ids.shape
+    c = prototypes.shape[2]
+    table = prototypes.transpose(1, 2).contiguous()  # B, C, K: small
+    return torch.gather(table, 2, ids.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+
+def fill_slots(values: Tensor, valid: Tensor) -> Tensor:
+    """(R, C) values of the valid slots -> (B, K, C), zeros elsewhere."""
+    out = values.new_zeros(*valid.shape, values.shape[1])
+    out[valid] = values
+    return out
 
 
 # --- layers ------------------------------------------------------------------
@@ -197,15 +208,15 @@ class PrototypeCoder(nn.Module):
         return self.g_s(quantize_ste(latent - medians) + medians), likelihoods
 
 
-def grid_map(prototypes: Tensor, batch: int, grid: int) -> Tensor:
-    """(B * grid², C) prototypes of :func:`grid_regions` -> (B, C, grid, grid),
+def grid_map(prototypes: Tensor, grid: int) -> Tensor:
+    """(B, grid², C) prototypes of :func:`grid_regions` -> (B, C, grid, grid),
     the layout their latents are coded in."""
-    return prototypes.view(batch, grid, grid, -1).permute(0, 3, 1, 2)
+    return prototypes.view(prototypes.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
 
 
 def grid_rows(maps: Tensor) -> Tensor:
     """The inverse of :func:`grid_map`."""
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+    return maps.flatten(2).transpose(1, 2)
 
 
 # --- the model ----------------------------------------------------------------
@@ -267,9 +278,9 @@ class SegPIC(CompressionModel):
         self.channel_conditional = ChannelConditional(
             M, num_slices, max_support_slices, lambda i, o: slice_transform(i, o, M))
 
-    def regions(self, features: Tensor, partition: Tensor | None, factor: int) -> tuple[Tensor, int]:
-        """Region ids at the resolution of ``features`` (1/``factor`` of the
-        image): the partition downsampled if given, else the uniform grid."""
+    def regions(self, features: Tensor, partition: Tensor | None, factor: int) -> tuple[Tensor, Tensor]:
+        """``ids`` and ``valid`` at the resolution of ``features`` (1/``factor``
+        of the image): the partition downsampled if given, else the uniform grid."""
         b, _, h, w = features.shape
         if partition is None:
             return grid_regions(b, h, w, self.grid, features.device)
@@ -278,6 +289,15 @@ class SegPIC(CompressionModel):
             raise ValueError(f"partition {tuple(partition.shape)} does not fit a batch of {b} images "
                              f"whose features at 1/{factor} are {h}x{w}")
         return mask_regions(small)
+
+    @staticmethod
+    def transmit(coder: PrototypeCoder, features: Tensor, ids: Tensor,
+                 valid: Tensor) -> tuple[Tensor, Tensor]:
+        """MAP, then the prototypes through their coder: (decoded prototypes
+        expanded over their regions, likelihoods of the valid slots' latents)."""
+        pooled = masked_average_pool(features, ids, valid.shape[1])
+        decoded, likelihoods = coder(pooled[valid][..., None, None])
+        return expand_prototypes(fill_slots(decoded.flatten(1), valid), ids), likelihoods
 
     def entropy_parameters(self, z_hat: Tensor, size: tuple[int, int],
                            prototypes: Tensor) -> tuple[Tensor, Tensor]:
@@ -291,40 +311,36 @@ class SegPIC(CompressionModel):
 
     def forward(self, x: Tensor, partition: Tensor | None = None) -> dict:
         y1 = self.g_a1(x)
-        regions1, count1 = self.regions(y1, partition, 4)
-        pooled1 = masked_average_pool(y1, regions1, count1)[..., None, None]
-        prototypes1, prototypes1_likelihoods = self.prototype_coder1(pooled1)
-        expanded1 = expand_prototypes(prototypes1.flatten(1), regions1)
-        y = self.g_a2(self.rat_encoder(y1, expanded1))
+        ids1, valid1 = self.regions(y1, partition, 4)
+        prototypes1, prototypes1_likelihoods = self.transmit(self.prototype_coder1, y1, ids1, valid1)
+        y = self.g_a2(self.rat_encoder(y1, prototypes1))
 
-        regions2, count2 = self.regions(y, partition, 16)
-        pooled2 = masked_average_pool(y, regions2, count2)[..., None, None]
-        prototypes2, prototypes2_likelihoods = self.prototype_coder2(pooled2)
-        expanded2 = expand_prototypes(prototypes2.flatten(1), regions2)
-        z = self.h_a(self.rat_hyper_encoder(y, expanded2))
+        ids2, valid2 = self.regions(y, partition, 16)
+        prototypes2, prototypes2_likelihoods = self.transmit(self.prototype_coder2, y, ids2, valid2)
+        z = self.h_a(self.rat_hyper_encoder(y, prototypes2))
         _, z_likelihoods = self.entropy_bottleneck(z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = quantize_ste(z - z_offset) + z_offset
 
-        means, scales = self.entropy_parameters(z_hat, y.shape[-2:], expanded2)
+        means, scales = self.entropy_parameters(z_hat, y.shape[-2:], prototypes2)
         y_hat, y_likelihoods = self.channel_conditional(y, means, scales)
-        x_hat = self.g_s1(self.rat_decoder(self.g_s0(y_hat), expanded1))
+        x_hat = self.g_s1(self.rat_decoder(self.g_s0(y_hat), prototypes1))
         return {"x_hat": x_hat, "likelihoods": {
             "y": y_likelihoods, "z": z_likelihoods,
             "prototypes1": prototypes1_likelihoods, "prototypes2": prototypes2_likelihoods}}
 
     def _grid_prototypes(self, coder: PrototypeCoder, features: Tensor) -> tuple[list[bytes], Tensor]:
         """Pool ``features`` over the grid, code the latents: (strings, decoded latents)."""
-        regions, count = grid_regions(features.size(0), *features.shape[-2:], self.grid, features.device)
-        pooled = grid_map(masked_average_pool(features, regions, count), features.size(0), self.grid)
+        ids, valid = grid_regions(features.size(0), *features.shape[-2:], self.grid, features.device)
+        pooled = grid_map(masked_average_pool(features, ids, valid.shape[1]), self.grid)
         eb = coder.entropy_bottleneck
         strings = eb.compress(coder.g_a(pooled))
         return strings, eb.decompress(strings, (self.grid, self.grid))
 
     def _expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
         """(B, C, grid, grid) decoded prototypes -> (B, C, h, w) over the grid's cells."""
-        regions, _ = grid_regions(prototypes.size(0), *size, self.grid, prototypes.device)
-        return expand_prototypes(grid_rows(prototypes), regions)
+        ids, _ = grid_regions(prototypes.size(0), *size, self.grid, prototypes.device)
+        return expand_prototypes(grid_rows(prototypes), ids)
 
     @torch.no_grad()
     def compress(self, x: Tensor, entropy: "SegPIC | None" = None) -> dict:
