@@ -8,7 +8,8 @@ and PyTorch's CPU convolutions run faster in that layout: the plain loop that
 ``ratio`` compares with uses the same layout; ``plain_nchw_images_per_second``
 is the same loop on contiguous NCHW tensors (what ``torch.rand`` gives).
 
-For each architecture at paper size (CompressAI zoo's N, M for ``--quality``)
+For each architecture at paper size (CompressAI zoo's N, M for ``--quality``;
+N=192, M=320 for ``charm`` and ``wacnn``, which run only when named in ``--archs``)
 and each device (CPU, and CUDA when present): pipeline and plain images/s,
 their ratio, and the sampler's and the step's seconds per batch, so a starved
 GPU shows. The last line is one JSON object; ``overhead_ratio`` is pipeline
@@ -78,7 +79,7 @@ def pipeline(arch: str, config: dict, device: torch.device, batch: int, crop: in
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--archs", nargs="+", default=[a for a in ARCHITECTURES if a in cfgs])
     parser.add_argument("--default-arch", default="mbt2018-mean")
     parser.add_argument("--quality", type=int, default=1, help="CompressAI zoo quality: its N and M")
     parser.add_argument("--steps", type=int, default=4)
@@ -96,7 +97,7 @@ def main():
     for name in args.devices:
         device = torch.device(name)
         for arch in args.archs:
-            n, m = cfgs[arch][args.quality]
+            n, m = cfgs[arch][args.quality] if arch in cfgs else (192, 320)
             config = {"N": n, "M": m}
             plain_loop(arch, config, device, args.batch_size, args.crop, 1)
             plains, nchws, summaries = [], [], []

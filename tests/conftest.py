@@ -89,3 +89,26 @@ def file_server():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def briefly_trained(mirror, tmp_path_factory):
+    """``briefly_trained(arch)``: a tiny model (N=16, M=24) after 300 steps on
+    BSDS500 crops, made once per session: a latent with real statistics (a
+    random one quantizes to zeros), in a few seconds."""
+    from licbench.data.images import load_rgb8
+    from licbench.models import load_checkpoint
+    from licbench.train import TrainConfig, train_model
+
+    images = [load_rgb8(p).array for p in sorted((mirror / "bsds500" / "train").glob("*.jpg"))[:8]]
+    cfg = TrainConfig(steps=300, batch_size=8, crop=64, lr=1e-3, aux_lr=1e-2, device="cpu", log_every=100)
+    made = {}
+
+    def train(arch):
+        if arch not in made:
+            path = tmp_path_factory.mktemp("trained") / f"{arch}.pt"
+            train_model(arch, {"N": 16, "M": 24}, 0.01, cfg, images, path)
+            made[arch] = load_checkpoint(path)
+        return made[arch]
+
+    return train

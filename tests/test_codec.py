@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive
+from licbench.coding import autoregressive, channelwise, segpic
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -12,12 +12,18 @@ from licbench.errors import FormatError, ModelMismatchError
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
 
 
+# The channel-wise models split M into 10 slices.
+TINY = {"charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
+        "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
+
+
 def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
     torch.manual_seed(seed)
-    model = build_model(arch, {"N": 16, "M": 24}).eval()
+    config = TINY.get(arch, {"N": 16, "M": 24})
+    model = build_model(arch, config).eval()
     model.update(force=True)
     path = tmp_path / f"{arch}.pt"
-    save_checkpoint(path, model, arch, {"N": 16, "M": 24}, 0.01)
+    save_checkpoint(path, model, arch, config, 0.01)
     return load_checkpoint(path)
 
 
@@ -53,7 +59,8 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     def capture(module, inputs, output):
         captured.setdefault("y_hat", inputs[0])
 
-    hook = ckpt.model.g_s.register_forward_hook(capture)
+    synthesis = ckpt.model.g_s0 if arch == "segpic" else ckpt.model.g_s  # SegPIC: g_s0, RAT, g_s1
+    hook = synthesis.register_forward_hook(capture)
     decoded = decompress_image(ckpt, decode_container(data))
     hook.remove()
     assert decoded.shape == crop.shape and decoded.dtype == np.uint8
@@ -61,6 +68,10 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     with torch.no_grad():
         if arch == "mbt2018":
             expected = autoregressive.compress(ckpt, x)["y_hat"]
+        elif arch == "segpic":
+            expected = segpic.compress(ckpt, x)["y_hat"]
+        elif arch in TINY:
+            expected = channelwise.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)
     # Entropy coding is lossless: the decoder sees exactly the encoder's latent.
@@ -131,7 +142,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
         torch.set_num_threads(threads)
     assert torch.equal(captured[0], expected)
     if arch == "mbt2018":
-        return  # its context loop codes one position at a time: no batch layout
+        return  # its coder's batch layout is fixed by the wavefront: tests/test_wavefront.py
     # The same z_hat inside a batch of two gives the same scales and means.
     with torch.no_grad():
         m = ckpt.model

@@ -3,7 +3,7 @@ import hashlib
 import pytest
 
 from licbench.data.download import download, download_first
-from licbench.errors import ChecksumError, DownloadError
+from licbench.errors import ChecksumError, DownloadError, TransientDownloadError
 
 
 def sha(data: bytes) -> str:
@@ -38,8 +38,9 @@ def test_corruption_does_not_replace_a_good_file(file_server, tmp_path):
 
 
 def test_missing_file_is_not_retried(file_server, tmp_path):
-    with pytest.raises(DownloadError, match="HTTP 404"):
+    with pytest.raises(DownloadError, match="HTTP 404") as caught:
         download(file_server.url("/missing.png"), tmp_path / "m.png", None, backoff=0, progress=False)
+    assert not isinstance(caught.value, TransientDownloadError)
     assert file_server.hits["/missing.png"] == 1
     assert not (tmp_path / "m.png").exists()
 
@@ -55,8 +56,20 @@ def test_transient_errors_are_retried(file_server, tmp_path):
 
 def test_retries_give_up_with_the_url(file_server, tmp_path):
     file_server.routes["/down"] = [(503, b"")]
-    with pytest.raises(DownloadError, match=r"/down: failed after 3 attempts"):
+    with pytest.raises(TransientDownloadError, match=r"/down: failed after 3 attempts"):
         download(file_server.url("/down"), tmp_path / "d", None, retries=2, backoff=0, progress=False)
+
+
+def test_all_sources_down_is_transient_and_one_missing_is_not(file_server, tmp_path):
+    file_server.routes["/down"] = [(503, b"")]
+    urls = [file_server.url("/down"), file_server.url("/down")]
+    with pytest.raises(TransientDownloadError, match="no source could be fetched"):
+        download_first(urls, tmp_path / "d", None, retries=0, backoff=0, progress=False)
+    # A 404 is an answer, not an outage: trying the stage again would not help.
+    with pytest.raises(DownloadError) as caught:
+        download_first([file_server.url("/down"), file_server.url("/gone")], tmp_path / "d", None,
+                       retries=0, backoff=0, progress=False)
+    assert not isinstance(caught.value, TransientDownloadError)
 
 
 def test_first_working_mirror_is_used(file_server, tmp_path):

@@ -33,7 +33,9 @@ SETTINGS = dict(steps=8, batch_size=2, crop=64, lr=1e-3, seed=3, device="cpu", l
 
 
 def worker_env(settings: dict) -> dict:
-    env = dict(os.environ, TRAIN_WORKER=json.dumps(settings))
+    # The worker computes part of a run that tests compare bit for bit with
+    # one computed here: same thread count (float sums depend on it).
+    env = dict(os.environ, TRAIN_WORKER=json.dumps(settings), OMP_NUM_THREADS=str(torch.get_num_threads()))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
     return env
 

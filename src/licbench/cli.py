@@ -126,6 +126,15 @@ def cmd_eval(args) -> int:
     return EXIT_OK
 
 
+def cmd_import_compressai(args) -> int:
+    from .models import import_compressai
+
+    config = {k: v for k, v in (("N", args.N), ("M", args.M)) if v is not None}
+    digest = import_compressai(args.state_dict, args.arch, args.lmbda, args.output, config)
+    print(f"{args.output}: {args.arch}, lambda {args.lmbda}, weights {digest[:16]}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="licbench",
@@ -173,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="OUT")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import-compressai", help="make a checkpoint from CompressAI weights",
+                       description="Write the licbench checkpoint OUT from STATE_DICT, a file saved "
+                                   "from a CompressAI model (torch.save(model.state_dict()), a "
+                                   "training checkpoint with a 'state_dict' entry, or a zoo "
+                                   "download). N and M are read from the weights; CDF tables are "
+                                   "built if the file has none.")
+    p.add_argument("state_dict", type=Path, metavar="STATE_DICT")
+    p.add_argument("output", type=Path, metavar="OUT")
+    p.add_argument("--arch", required=True,
+                   help="the CompressAI architecture, by licbench's name (mbt2018, mbt2018-mean, ...)")
+    p.add_argument("--lmbda", required=True, type=float,
+                   help="the lambda the weights were trained for (zoo quality 1-8: 0.0018, 0.0035, "
+                        "0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)")
+    p.add_argument("--N", type=int, help="check the weights have this N")
+    p.add_argument("--M", type=int, help="check the weights have this M")
+    p.set_defaults(func=cmd_import_compressai)
     return parser
 
 

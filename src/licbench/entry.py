@@ -6,14 +6,22 @@ import logging
 import sys
 from typing import Callable
 
-from .errors import LicbenchError
+from .errors import LicbenchError, TransientDownloadError
+
+# sysexits.h's EX_TEMPFAIL: the same command may succeed later. The Prefect
+# flows retry a stage on this exit status only (licbench.flows).
+EXIT_TRANSIENT = 75
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run ``main`` with logging set up; report our own errors in one line, exit 1."""
+    """Run ``main`` with logging set up; report our own errors in one line and
+    exit 1, or 75 for a failure that may pass (a download)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
+    except TransientDownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_TRANSIENT)
     except LicbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -9,6 +9,12 @@ class DownloadError(LicbenchError):
     """A source could not be fetched (network, HTTP status, missing mirror file)."""
 
 
+class TransientDownloadError(DownloadError):
+    """A download that still failed after its own retries for a reason that may
+    pass (connection, time-out, HTTP 5xx/408/425/429, a short body): trying the
+    whole stage again later may succeed. Stage commands exit with 75 on it."""
+
+
 class ChecksumError(LicbenchError):
     """A file's sha256 differs from the published one; the file was not kept."""
 

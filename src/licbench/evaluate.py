@@ -124,7 +124,7 @@ def log_evaluation(experiment: str, summary: dict, config: dict, per_image: Path
     if run_id is None:
         log.warning("no MLflow run logged these weights; starting one for the evaluation")
     dataset = summary["dataset"]
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=summary["model"]) as run:
+    with tracking.start_run(run_id=run_id, experiment_id=experiment_id, run_name=summary["model"]) as run:
         if run_id is None:
             mlflow.set_tags({tracking.TAG_MODEL_KEY: summary["model"],
                              tracking.TAG_WEIGHTS: summary["weights_sha256"]})

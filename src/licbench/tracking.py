@@ -3,6 +3,10 @@
 The default store is a SQLite file in the working directory, so
 ``mlflow ui --backend-store-uri sqlite:///mlruns.db`` shows every run;
 ``MLFLOW_TRACKING_URI`` points elsewhere.
+
+Every run starts through :func:`start_run`, which tags it with the Prefect flow
+run that ran the stage (``prefect.flow_run_id``), when one did: the flows in
+``licbench.flows`` pass its id to the stage commands in ``LICBENCH_PREFECT_FLOW_RUN_ID``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 TAG_MODEL_KEY = "licbench.model_key"
 TAG_WEIGHTS = "licbench.weights_sha256"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+FLOW_RUN_ENV = "LICBENCH_PREFECT_FLOW_RUN_ID"
 
 
 def tracking_uri() -> str:
@@ -41,6 +47,21 @@ def use_experiment(name: str) -> str:
     experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def run_tags() -> dict[str, str]:
+    """Tags every run gets: the Prefect flow run that started this stage, if any."""
+    flow_run_id = os.environ.get(FLOW_RUN_ENV)
+    return {TAG_FLOW_RUN: flow_run_id} if flow_run_id else {}
+
+
+def start_run(**kwargs):
+    """``mlflow.start_run`` with :func:`run_tags` added (also to a resumed run,
+    which then names the flow run that last wrote to it)."""
+    import mlflow
+
+    tags = {**run_tags(), **(kwargs.pop("tags", None) or {})}
+    return mlflow.start_run(**kwargs, tags=tags or None)
 
 
 def find_model_run(experiment_id: str, weights_sha256: str) -> str | None:

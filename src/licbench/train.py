@@ -632,7 +632,7 @@ def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, 
         except mlflow.exceptions.MlflowException:
             log.warning("MLflow run %s of the saved state is not in this store: starting a new run", run_id)
             run_id = None
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=key) as run:
+    with tracking.start_run(run_id=run_id, experiment_id=experiment_id, run_name=key) as run:
         if run_id is None:
             mlflow.set_tags({tracking.TAG_MODEL_KEY: key, "licbench.stage": "train"})
             mlflow.log_params({

@@ -10,8 +10,9 @@ sides, from a ``z_hat`` that is exact on every device (integer symbols plus
 float32 medians); a flip would need a scale within about 1e-15 of a boundary.
 The analysis transform may run anywhere (only the encoder uses it), and so may
 the synthesis (it only shapes the reconstruction, not the symbols).
-The autoregressive ``mbt2018`` runs its whole context loop (h_s, masked
-context convolution, entropy parameters) in float64 on the CPU in the same way.
+The autoregressive ``mbt2018`` computes h_s, the masked context convolution
+and the entropy parameters in float64 on the CPU too, one wavefront at a time,
+the encoder with exactly the decoder's calls (coding/autoregressive.py).
 The channel-wise models (``charm``, ``wacnn``) run h_s and every slice's
 mean, scale and residual-prediction transforms in float64 on the CPU likewise
 (coding/channelwise.py), and SegPIC adds the synthesis of its coded prototypes

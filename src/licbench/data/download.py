@@ -16,7 +16,7 @@ from typing import BinaryIO, Sequence
 import requests
 from tqdm import tqdm
 
-from ..errors import ChecksumError, DownloadError
+from ..errors import ChecksumError, DownloadError, TransientDownloadError
 from ..fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def download(
             return dest
         except (_Transient, requests.ConnectionError, requests.Timeout) as exc:
             if attempt > retries:
-                raise DownloadError(f"{url}: failed after {attempt} attempts: {exc}") from None
+                raise TransientDownloadError(f"{url}: failed after {attempt} attempts: {exc}") from None
             delay = backoff * 2 ** (attempt - 1)
             log.warning("%s (attempt %d of %d); retrying in %.0f s", exc, attempt, retries + 1, delay)
             time.sleep(delay)
@@ -101,12 +101,15 @@ def download(
 def download_first(urls: Sequence[str], dest: str | Path, sha256: str | None = None, **kwargs) -> Path:
     """Try each URL in turn (mirrors of one file); raise with every failure listed."""
     failures = []
+    transient = True
     for url in urls:
         try:
             return download(url, dest, sha256, **kwargs)
         except DownloadError as exc:
             failures.append(str(exc))
-    raise DownloadError("no source could be fetched:\n  " + "\n  ".join(failures))
+            transient = transient and isinstance(exc, TransientDownloadError)
+    error = TransientDownloadError if transient and failures else DownloadError
+    raise error("no source could be fetched:\n  " + "\n  ".join(failures))
 
 
 def copy_verified(src: str | Path, dest: str | Path, sha256: str | None) -> Path:

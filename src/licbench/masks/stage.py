@@ -175,7 +175,7 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
     write_json_atomic(summary_path, summary)
 
     experiment_id = tracking.use_experiment((params.get("mlflow") or {}).get("experiment", "licbench"))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"masks-{dataset}"):
+    with tracking.start_run(experiment_id=experiment_id, run_name=f"masks-{dataset}"):
         mlflow.set_tags({"licbench.stage": "masks", "licbench.dataset": dataset})
         mlflow.log_params({
             "dataset": dataset, "splits": ",".join(splits), "generator": segmenter.name,

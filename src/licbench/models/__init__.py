@@ -25,6 +25,7 @@ from compressai.models import (
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
+from .charm import ChARM
 from .segpic import SegPIC
 from .wacnn import WACNN
 
@@ -63,6 +64,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "mbt2018", JointAutoregressiveHierarchicalPriors, ("N", "M"), 64, 2,
             "Minnen, Balle, Toderici, NeurIPS 2018 (joint autoregressive and hierarchical priors)",
+        ),
+        Architecture(
+            "charm", ChARM, ("N", "M"), 64, 2,
+            "Minnen, Singh, ICIP 2020 (channel-wise autoregressive entropy model, ChARM)",
         ),
         Architecture(
             "wacnn", WACNN, ("N", "M"), 64, 2,
@@ -195,3 +200,92 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model.to(device).eval()
     return Checkpoint(payload["arch"], payload["config"], payload["lmbda"], model, digest,
                       payload.get("meta", {}))
+
+
+# --- CompressAI interop -----------------------------------------------------
+
+def compressai_state_dict(payload, source: str) -> dict[str, torch.Tensor]:
+    """The model weights in what ``torch.load`` gave for a CompressAI file: a
+    bare ``model.state_dict()``, or one wrapped as ``{"state_dict": ...}``
+    (CompressAI's examples/train.py), keys with DataParallel's ``module.``
+    prefix or the entropy bottleneck's pre-1.2 names (renamed as CompressAI's
+    zoo does)."""
+    from compressai.zoo.pretrained import load_pretrained
+
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{source}: already a licbench checkpoint")
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not payload or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
+    ):
+        raise CheckpointError(f"{source}: not a state dict (a mapping of parameter names to tensors)")
+    return load_pretrained(payload)
+
+
+def compressai_architectures() -> list[str]:
+    """The registry's architectures that are CompressAI's own classes."""
+    return [name for name, a in ARCHITECTURES.items() if a.build.__module__.startswith("compressai.")]
+
+
+def from_compressai(state_dict: dict[str, torch.Tensor], arch: str, config: dict | None = None,
+                    source: str = "<state dict>") -> tuple[torch.nn.Module, dict]:
+    """Our model for ``arch`` holding a CompressAI state dict's weights, and its config.
+
+    N and M are read from the weights as CompressAI's ``from_state_dict`` does
+    (the first and last analysis convolutions) and checked against ``config``
+    when given. CompressAI's ``load_state_dict`` resizes the CDF tables to the
+    stored ones; a state dict saved before ``update()`` has none, and they are
+    built here.
+    """
+    spec = get_architecture(arch)
+    if arch not in compressai_architectures():
+        raise ConfigError(f"architecture '{arch}' is not one of CompressAI's: "
+                          f"{', '.join(compressai_architectures())}")
+    try:
+        inferred = {"N": int(state_dict["g_a.0.weight"].size(0)), "M": int(state_dict["g_a.6.weight"].size(0))}
+    except (KeyError, IndexError):
+        raise CheckpointError(f"{source}: no analysis transform weights g_a.0 / g_a.6; "
+                              f"not a CompressAI {arch} state dict") from None
+    for key, value in (config or {}).items():
+        if key in inferred and int(value) != inferred[key]:
+            raise CheckpointError(f"{source}: the weights have {key}={inferred[key]}, not {int(value)}")
+    config = {k: inferred[k] for k in spec.config_keys}
+    model = build_model(arch, config)
+    try:
+        model.load_state_dict(dict(state_dict))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        fits = [name for name in compressai_architectures() if name != arch and _fits(name, config, state_dict)]
+        hint = f" (they fit {', '.join(fits)})" if fits else ""
+        raise CheckpointError(
+            f"{source}: the weights do not fit {arch} with N={config['N']}, M={config['M']}{hint}: "
+            + " ".join(str(exc).split())[:500]
+        ) from None
+    tables = [m._offset for m in model.modules() if hasattr(m, "_offset")]
+    if any(t.numel() == 0 for t in tables):
+        model.update(force=True)
+    return model.eval(), config
+
+
+def _fits(arch: str, config: dict, state_dict: dict) -> bool:
+    try:
+        build_model(arch, config).load_state_dict(dict(state_dict))
+        return True
+    except (RuntimeError, KeyError, ValueError):
+        return False
+
+
+def import_compressai(path: str | Path, arch: str, lmbda: float, output: str | Path,
+                      config: dict | None = None) -> str:
+    """Write a licbench checkpoint from a file saved by CompressAI
+    (``torch.save(model.state_dict(), path)``, or a zoo download); return its weights' sha256."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # torch reports damage and pickled code in many ways
+        raise CheckpointError(f"{path}: not a loadable weights-only file: {exc}") from None
+    model, config = from_compressai(compressai_state_dict(payload, str(path)), arch, config, str(path))
+    return save_checkpoint(output, model, arch, config, lmbda,
+                           meta={"imported_from": path.name, "source": "compressai"})

@@ -26,6 +26,7 @@ from compressai.layers import GDN, conv1x1, conv3x3, subpel_conv3x3
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .channelwise import ChannelConditional, ChannelwiseHyperprior
 
 
@@ -61,7 +62,8 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, window: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"{dim} channels do not split into {num_heads} attention heads")
+            raise ConfigError(f"{dim} channels do not split into {num_heads} attention heads "
+                              "(WACNN: N and M must be multiples of 8)")
         self.window, self.num_heads = window, num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)

@@ -310,12 +310,12 @@ def log_report(report: Report, params: dict) -> str:
     architecture with ``bd_rate_vs_<anchor>`` metrics, linked to the model runs."""
     import mlflow
 
-    from ..tracking import find_model_run, git_commit, use_experiment
+    from ..tracking import find_model_run, git_commit, start_run, use_experiment
 
     method = (params.get("report") or {}).get("method", "pchip")
     experiment_id = use_experiment(params["mlflow"]["experiment"])
     anchors = [c for c in report.curves if c.kind != "trained"]
-    with mlflow.start_run(run_name=f"report-{report.dataset}") as parent:
+    with start_run(run_name=f"report-{report.dataset}") as parent:
         mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
                          "licbench.git_commit": git_commit()})
         mlflow.log_params({"bd_method": method, "anchors": ",".join(a.id for a in anchors)})
@@ -327,7 +327,7 @@ def log_report(report: Report, params: dict) -> str:
             model_runs = [r for _, r in found if r]
             links = "\n".join(f"- lambda {lm}: [run {r}](#/experiments/{experiment_id}/runs/{r})"
                               for lm, r in found if r)
-            with mlflow.start_run(run_name=f"report-{report.dataset}-{curve.id}", nested=True):
+            with start_run(run_name=f"report-{report.dataset}-{curve.id}", nested=True):
                 mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
                                  "licbench.arch": curve.id,
                                  "licbench.model_runs": ",".join(model_runs),
