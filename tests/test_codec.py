@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive, channelwise
+from licbench.coding import autoregressive, channelwise, segpic
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -13,7 +13,8 @@ from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpo
 
 
 # The channel-wise models split M into 10 slices.
-TINY = {"charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40}}
+TINY = {"charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
+        "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
 
 
 def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
@@ -58,7 +59,8 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     def capture(module, inputs, output):
         captured.setdefault("y_hat", inputs[0])
 
-    hook = ckpt.model.g_s.register_forward_hook(capture)
+    synthesis = ckpt.model.g_s0 if arch == "segpic" else ckpt.model.g_s  # SegPIC: g_s0, RAT, g_s1
+    hook = synthesis.register_forward_hook(capture)
     decoded = decompress_image(ckpt, decode_container(data))
     hook.remove()
     assert decoded.shape == crop.shape and decoded.dtype == np.uint8
@@ -66,6 +68,8 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     with torch.no_grad():
         if arch == "mbt2018":
             expected = autoregressive.compress(ckpt, x)["y_hat"]
+        elif arch == "segpic":
+            expected = segpic.compress(ckpt, x)["y_hat"]
         elif arch in TINY:
             expected = channelwise.compress(ckpt, x)["y_hat"]
         else:

@@ -134,8 +134,9 @@ def test_settings_items_and_their_errors(tmp_path, monkeypatch):
     assert list(graph)[0] == "datasets@kodak" and list(graph)[-1] == "report@kodak"
     assert graph["evaluate@mbt2018-mean-0.05-kodak"] == ["datasets@kodak", "train@mbt2018-mean-0.05"]
     items = flows.lambda_items(graph, TINY, [0.05])
+    # Every train item depends on the training set's masks (SegPIC's partitions).
     assert flows.upstream_closure(graph, items) == [
-        "datasets@kodak", "train@mbt2018-mean-0.05", "evaluate@mbt2018-mean-0.05-kodak"]
+        "datasets@kodak", "masks@kodak", "train@mbt2018-mean-0.05", "evaluate@mbt2018-mean-0.05-kodak"]
     assert flows.upstream_closure(graph, ["report@kodak"], cut=("train",)) == [
         "datasets@kodak", "anchors@kodak", "evaluate@mbt2018-mean-0.01-kodak",
         "evaluate@mbt2018-mean-0.05-kodak", "report@kodak"]
@@ -258,7 +259,7 @@ def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, sta
         client.run(flows.visible_gpus)
         monkeypatch.setenv(flows.DASK_ADDRESS_ENV, cluster.scheduler_address)
         results = {r["item"]: r for r in flows.train_evaluate(lambdas=[0.01, 0.05], repo=str(repo))}
-    assert sorted(results) == sorted(["datasets@kodak"] + [f"train@{k}" for k in LAMBDAS]
+    assert sorted(results) == sorted(["datasets@kodak", "masks@kodak"] + [f"train@{k}" for k in LAMBDAS]
                                      + [f"evaluate@{k}-kodak" for k in LAMBDAS])
     origin = min(r["start"] for r in results.values())
     tasks = {i: (results[f"train@{i}"]["start"], results[f"train@{i}"]["end"]) for i in LAMBDAS}
@@ -270,8 +271,7 @@ def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, sta
     assert overlap(*tasks.values()) > 0
     assert overlap(*(logged[i] for i in LAMBDAS)) > 0
     # Only what the flow was asked for (and needs) ran; the rest is still stale.
-    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"anchors@kodak", "masks@kodak",
-                                                                  "report@kodak"}
+    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"anchors@kodak", "report@kodak"}
 
     # A newer checkpoint, trained outside the flows (as torchrun + `dvc commit` would leave it):
     # the nightly flow evaluates it, and only it, trains nothing, and writes the report.
@@ -284,8 +284,8 @@ def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, sta
     assert nightly == {"datasets@kodak": "up to date", "anchors@kodak": "ran",
                        "evaluate@mbt2018-mean-0.01-kodak": "up to date",
                        "evaluate@mbt2018-mean-0.05-kodak": "ran", "report@kodak": "ran"}
-    # train@0.01 is stale (steps changed) and was left alone; masks are not the report's.
-    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"masks@kodak", "train@mbt2018-mean-0.01"}
+    # train@0.01 is stale (steps changed) and was left alone.
+    assert set(json.loads(dvc("status", "--json", cwd=repo))) == {"train@mbt2018-mean-0.01"}
 
 
 FLAKY = """\

@@ -27,11 +27,13 @@ import torch.distributed as dist
 from compressai.losses import RateDistortionLoss
 from tqdm import tqdm
 
-from .data.crops import RandomCrops, center_crops, load_split
+from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
 from .errors import ConfigError, TrainingError
 from .fileio import atomic_path, write_json_atomic
-from .models import build_model, get_architecture, model_key, save_checkpoint, weights_digest
+from .models import (
+    build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +168,21 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 # --- resumable state -------------------------------------------------------
 
 def training_digest(arch: str, arch_config: dict, lmbda: float, cfg: TrainConfig,
-                    images: list[np.ndarray], val_images: list[np.ndarray] | None) -> str:
+                    images: list[np.ndarray], val_images: list[np.ndarray] | None,
+                    partitions: list[np.ndarray] | None = None) -> str:
     """sha256 of everything that decides the trained weights: a saved state
-    resumes only a run with the same digest."""
+    resumes only a run with the same digest (the training partitions too,
+    when the model takes them: new masks start a new run)."""
     h = hashlib.sha256()
     settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_DIGEST}
     h.update(json.dumps([arch, {k: int(v) for k, v in arch_config.items()}, float(lmbda), settings],
                         sort_keys=True, default=list).encode())
     for im in [*images, None, *(val_images or [])]:
         h.update(b"|" if im is None else f"{im.shape}".encode() + np.ascontiguousarray(im).tobytes())
+    if partitions is not None:
+        h.update(b"|partitions")
+        for part in partitions:
+            h.update(f"{part.shape}{part.dtype}".encode() + np.ascontiguousarray(part).tobytes())
     return h.hexdigest()
 
 
@@ -271,6 +279,7 @@ def train_model(
     state_path: str | Path | None = None,
     log_metrics=None,
     meta: dict | None = None,
+    partitions: list[np.ndarray] | None = None,
 ) -> dict:
     """Train (resuming from ``state_path`` when it holds a run with the same
     settings), then write a checkpoint with updated CDF tables; return a summary.
@@ -278,8 +287,18 @@ def train_model(
     The checkpoint holds the weights of the best validation (the last weights
     without validation). ``log_metrics(metrics: dict, step: int)`` receives the
     running losses and each validation, on the first process only.
+
+    ``partitions``: one region map per training image (H x W ids), for the
+    architectures that train with them (SegPIC with ``use_mask``); the crops
+    then cut and flip image and partition together and the model is called as
+    ``model(x, partition)``. Validation crops get none: the model validates on
+    what it codes with (SegPIC: the uniform grid).
     """
     spec = get_architecture(arch)
+    if trains_with_partition(arch, arch_config) != (partitions is not None):
+        raise ConfigError(
+            f"{arch} with {arch_config} trains {'with' if partitions is None else 'without'} region "
+            f"partitions, but {'none were' if partitions is None else 'some were'} given")
     for name, size in (("crop", cfg.crop), ("val_crop", cfg.val_crop)):
         if size % spec.pad_multiple:
             raise ConfigError(
@@ -300,7 +319,8 @@ def train_model(
 
     seed_everything(cfg.seed)
     core = build_model(arch, arch_config).to(device).train()
-    crops = RandomCrops(images, cfg.crop, cfg.seed)
+    crops = RandomCrops(images, cfg.crop, cfg.seed) if partitions is None else \
+        PartitionedCrops(images, partitions, cfg.crop, cfg.seed)
     val_batch = center_crops(val_images[rank::world], cfg.val_crop) if validating else None
     criterion = RateDistortionLoss(lmbda=lmbda)
     main_params, aux_params = split_parameters(core)
@@ -316,7 +336,7 @@ def train_model(
     last_val: dict = {}
     run_id = (meta or {}).get("mlflow_run_id")
 
-    digest = training_digest(arch, arch_config, lmbda, cfg, images, val_images)
+    digest = training_digest(arch, arch_config, lmbda, cfg, images, val_images, partitions)
     state = load_train_state(state_path, digest) if state_path is not None and rank == 0 else None
     if world > 1:
         box = [state]
@@ -400,7 +420,13 @@ def train_model(
                initial=first - 1, total=cfg.steps, disable=rank != 0)
     for step in bar:
         t0 = time.perf_counter()
-        x = crops.batch(cfg.batch_size, rank, world).to(device, non_blocking=True)
+        if partitions is None:
+            x = crops.batch(cfg.batch_size, rank, world).to(device, non_blocking=True)
+            inputs = (x,)
+        else:
+            x, partition = crops.batch(cfg.batch_size, rank, world)
+            x = x.to(device, non_blocking=True)
+            inputs = (x, partition.to(device, non_blocking=True))
         t1 = time.perf_counter()
         if cfg.lr_schedule == "step":
             for group in optimizer.param_groups:
@@ -408,7 +434,7 @@ def train_model(
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = forward(x)
+            out = forward(*inputs)
         if amp_dtype is not None:  # the loss in float32: likelihoods near 0 underflow in 16 bits
             out = {"x_hat": out["x_hat"].float(),
                    "likelihoods": {k: v.float() for k, v in out["likelihoods"].items()}}
@@ -544,7 +570,9 @@ def run_train_stage(
 
     Under ``torchrun`` every process trains; the first one alone logs to
     MLflow and writes files. A run resumed from ``state_path`` logs into the
-    MLflow run it started.
+    MLflow run it started. An architecture that trains with region partitions
+    reads them from the masks stage's table of the training set,
+    ``<data_root>/masks/<train.dataset>``.
     """
     cfg = TrainConfig.from_params(dict(params["train"]))
     arch_config = architecture_config(params, arch, lmbda)
@@ -556,6 +584,14 @@ def run_train_stage(
     val_images = None
     if cfg.val_split is not None:
         val_images, _ = load_split(manifest, data_root, cfg.val_split, limit=cfg.val_images)
+    partitions, masks_info = None, {}
+    if trains_with_partition(arch, arch_config):
+        from .masks import load_masks
+
+        masks = load_masks(data_root / "masks" / cfg.dataset, manifest)
+        partitions = load_partitions(masks, manifest, cfg.split, images)
+        masks_info = {"masks_settings_sha256": masks.metadata.get("settings_sha256"),
+                      "masks_generator": masks.metadata.get("generator")}
 
     created_group = init_distributed(cfg.device)
     try:
@@ -564,12 +600,12 @@ def run_train_stage(
         def train(log_metrics=None, meta=None) -> dict:
             return train_model(arch, arch_config, lmbda, cfg, images, checkpoint_path,
                                val_images=val_images, state_path=state_path,
-                               log_metrics=log_metrics, meta=meta)
+                               log_metrics=log_metrics, meta=meta, partitions=partitions)
 
         if rank != 0:
             return train()
         summary = _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images,
-                                     val_images, state_path, world, train)
+                                     val_images, state_path, world, train, partitions, masks_info)
         write_json_atomic(summary_path, summary)
         return summary
     finally:
@@ -578,7 +614,7 @@ def run_train_stage(
 
 
 def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, val_images,
-                       state_path, world, train) -> dict:
+                       state_path, world, train, partitions=None, masks_info=None) -> dict:
     import mlflow
 
     from . import tracking
@@ -587,7 +623,8 @@ def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, 
     key = model_key(arch, lmbda)
     saved = None
     if state_path is not None:
-        saved = load_train_state(state_path, training_digest(arch, arch_config, lmbda, cfg, images, val_images))
+        saved = load_train_state(state_path, training_digest(arch, arch_config, lmbda, cfg, images,
+                                                             val_images, partitions))
     run_id = saved["mlflow_run_id"] if saved is not None else None
     if run_id is not None:
         try:
@@ -607,6 +644,7 @@ def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, 
                 "manifest_sha256": manifest_digest(manifest),
                 "train_images": len(images),
                 "processes": world,
+                **(masks_info or {}),
             })
         else:
             mlflow.set_tag("licbench.resumed_at_step", saved["step"])

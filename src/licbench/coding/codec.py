@@ -15,7 +15,9 @@ and the entropy parameters in float64 on the CPU too, one wavefront at a time,
 the encoder with exactly the decoder's calls (coding/autoregressive.py).
 The channel-wise models (``charm``, ``wacnn``) run h_s and every slice's
 mean, scale and residual-prediction transforms in float64 on the CPU likewise
-(coding/channelwise.py). The factorized model's indexes do not depend on data.
+(coding/channelwise.py), and SegPIC adds the synthesis of its coded prototypes
+and the region-adaptive transforms of its entropy model (coding/segpic.py).
+The factorized model's indexes do not depend on data.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
-from . import autoregressive, channelwise, hyper
+from . import autoregressive, channelwise, hyper, segpic
 from .container import Bitstream
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
 
@@ -81,6 +83,7 @@ CODERS: dict[str, Coder] = {
     "mbt2018": Coder(autoregressive.compress, autoregressive.decompress),
     "charm": Coder(channelwise.compress, channelwise.decompress),
     "wacnn": Coder(channelwise.compress, channelwise.decompress),
+    "segpic": Coder(segpic.compress, segpic.decompress),
 }
 
 
@@ -136,7 +139,8 @@ def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[b
                               "whole number of 32-bit words, at least 2")
     cells = -(-bs.height // 16) * -(-bs.width // 16)  # every latent here is at 1/16 or coarser
     channels = int(ckpt.config.get("N", 0)) + int(ckpt.config.get("M", 0)) or 1024
-    symbols = cells * channels
+    # SegPIC's prototype streams: grid x grid cells of N/2 channels each.
+    symbols = cells * channels + int(ckpt.config.get("grid", 0)) ** 2 * int(ckpt.config.get("N", 0))
     padding = bytes(4 * (2 * symbols + 1024))
     return [[s + padding] for s in bs.streams]
 

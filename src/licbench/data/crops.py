@@ -10,19 +10,25 @@ import pyarrow as pa
 import torch
 
 from ..errors import ConfigError
+from ..masks.rle import crop_flip
 from .images import load_rgb8
+
+
+def split_paths(manifest: pa.Table, split: str, limit: int | None = None) -> list[str]:
+    """The manifest paths of ``split``, sorted, the first ``limit`` of them."""
+    paths = [p for p, s in zip(manifest["path"].to_pylist(), manifest["split"].to_pylist()) if s == split]
+    if not paths:
+        splits = sorted(set(manifest["split"].to_pylist()))
+        raise ConfigError(f"the manifest has no image in split '{split}' (splits: {splits})")
+    return sorted(paths)[:limit]
 
 
 def load_split(manifest: pa.Table, data_root: str | Path, split: str,
                limit: int | None = None) -> tuple[list[np.ndarray], Counter]:
     """Every image of ``split`` (the first ``limit`` by path) as uint8 RGB, and a
     count of the conversions made."""
-    paths = [p for p, s in zip(manifest["path"].to_pylist(), manifest["split"].to_pylist()) if s == split]
-    if not paths:
-        splits = sorted(set(manifest["split"].to_pylist()))
-        raise ConfigError(f"the manifest has no image in split '{split}' (splits: {splits})")
     images, conversions = [], Counter()
-    for p in sorted(paths)[:limit]:
+    for p in split_paths(manifest, split, limit):
         loaded = load_rgb8(Path(data_root) / p)
         images.append(loaded.array)
         if loaded.conversion:
@@ -70,6 +76,52 @@ class RandomCrops:
                 patches.append(im[top:top + self.crop, left:left + self.crop])
         x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
         return x.float().div_(255.0)
+
+
+def load_partitions(masks, manifest: pa.Table, split: str, images: list[np.ndarray],
+                    limit: int | None = None) -> list[np.ndarray]:
+    """The region partition of each image of ``split`` (in :func:`load_split`'s
+    order), from the masks stage's table ``masks`` (a ``MaskTable``); uint16 ids
+    when they fit (as much memory as the images' channels take, two thirds)."""
+    partitions = []
+    for path, image in zip(split_paths(manifest, split, limit), images):
+        part = masks.partition(path, image.shape)
+        partitions.append(part.astype(np.uint16) if part.max() < 1 << 16 else part)
+    return partitions
+
+
+class PartitionedCrops(RandomCrops):
+    """:class:`RandomCrops` of images and their region partitions together, with
+    a random horizontal and a random vertical flip of both (SegPIC's training
+    crops); ``batch`` returns (images, partitions: B x crop x crop int64, each
+    crop's ids renumbered 0..K-1)."""
+
+    def __init__(self, images: list[np.ndarray], partitions: list[np.ndarray], crop: int, seed: int):
+        super().__init__(images, crop, seed)
+        if len(partitions) != len(images):
+            raise ConfigError(f"{len(partitions)} partitions for {len(images)} training images")
+        for i, (im, part) in enumerate(zip(images, partitions)):
+            if part.shape != im.shape[:2]:
+                raise ConfigError(f"training image {i}: partition {part.shape} differs from the image "
+                                  f"{im.shape[:2]}")
+        self.partitions = partitions
+
+    def batch(self, size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        patches, parts = [], []
+        for i in range(size):
+            k = self._randint(len(self.images))
+            im = self.images[k]
+            top = self._randint(im.shape[0] - self.crop + 1)
+            left = self._randint(im.shape[1] - self.crop + 1)
+            hflip, vflip = self._randint(2), self._randint(2)
+            if i % world == rank:
+                patch, part = crop_flip(im, self.partitions[k], top, left, self.crop, self.crop, bool(hflip))
+                if vflip:
+                    patch, part = patch[::-1], part[::-1]
+                patches.append(np.ascontiguousarray(patch))
+                parts.append(np.ascontiguousarray(part))
+        x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).float().div_(255.0)
+        return x, torch.from_numpy(np.stack(parts)).long()
 
 
 def center_crops(images: list[np.ndarray], crop: int) -> torch.Tensor:

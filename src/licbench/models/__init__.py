@@ -26,6 +26,7 @@ from compressai.models import (
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path
 from .charm import ChARM
+from .segpic import SegPIC
 from .wacnn import WACNN
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
@@ -40,6 +41,9 @@ class Architecture:
     pad_multiple: int  # total downsampling of the analysis and hyper-analysis transforms
     n_streams: int  # entropy-coded streams per image (latent, hyper-latent, ...)
     reference: str
+    # The config key (0/1) that says whether training feeds region partitions
+    # (the masks stage's) to forward(x, partition); None: never.
+    partition_key: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -69,6 +73,11 @@ ARCHITECTURES: dict[str, Architecture] = {
             "wacnn", WACNN, ("N", "M"), 64, 2,
             "Zou, Song, Zhang, CVPR 2022 (window-based attention CNN, channel-wise entropy model)",
         ),
+        Architecture(
+            "segpic", SegPIC, ("N", "M", "grid", "use_mask"), 64, 4,
+            "Liu, Yang, Bai, Wei, Zhao, ECCV 2024 (region-adaptive transform with segmentation prior)",
+            partition_key="use_mask",
+        ),
     )
 }
 
@@ -80,6 +89,12 @@ def get_architecture(name: str) -> Architecture:
         raise ConfigError(
             f"unknown architecture '{name}'; known: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
+
+
+def trains_with_partition(arch: str, config: dict) -> bool:
+    """Whether training ``arch`` with ``config`` feeds region partitions to the model."""
+    key = get_architecture(arch).partition_key
+    return key is not None and bool(int(config[key]))
 
 
 def build_model(arch: str, config: dict) -> torch.nn.Module:

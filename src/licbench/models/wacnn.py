@@ -159,6 +159,32 @@ def slice_transform(in_channels: int, out_channels: int, M: int) -> nn.Sequentia
     return nn.Sequential(*layers, conv(widths[-1], out_channels, kernel_size=3, stride=1))
 
 
+def hyper_analysis_transform(M: int, N: int) -> nn.Sequential:
+    """h_a: five 3x3 convolutions with GELU, M channels down to N in equal
+    steps, two of them with stride 2 (SegPIC reuses it)."""
+    c = ramp(M, N)
+    return nn.Sequential(
+        conv3x3(c[0], c[0]), nn.GELU(),
+        conv3x3(c[0], c[1]), nn.GELU(),
+        conv3x3(c[1], c[2], stride=2), nn.GELU(),
+        conv3x3(c[2], c[3]), nn.GELU(),
+        conv3x3(c[3], c[4], stride=2),
+    )
+
+
+def hyper_synthesis_transform(M: int, N: int) -> nn.Sequential:
+    """h_mean_s / h_scale_s: h_a mirrored, N channels up to M, two sub-pixel
+    convolutions upsampling by 2."""
+    c = ramp(M, N)
+    return nn.Sequential(
+        conv3x3(c[4], c[4]), nn.GELU(),
+        subpel_conv3x3(c[4], c[3], 2), nn.GELU(),
+        conv3x3(c[3], c[2]), nn.GELU(),
+        subpel_conv3x3(c[2], c[1], 2), nn.GELU(),
+        conv3x3(c[1], c[0]),
+    )
+
+
 class WACNN(ChannelwiseHyperprior):
     """Zou et al. 2022's CNN codec with window attention (paper: N=192, M=320).
 
@@ -185,26 +211,9 @@ class WACNN(ChannelwiseHyperprior):
             deconv(N, N, kernel_size=5, stride=2), GDN(N, inverse=True),
             deconv(N, 3, kernel_size=5, stride=2),
         )
-        c = ramp(M, N)  # M ... N
-        self.h_a = nn.Sequential(
-            conv3x3(c[0], c[0]), nn.GELU(),
-            conv3x3(c[0], c[1]), nn.GELU(),
-            conv3x3(c[1], c[2], stride=2), nn.GELU(),
-            conv3x3(c[2], c[3]), nn.GELU(),
-            conv3x3(c[3], c[4], stride=2),
-        )
-        self.h_mean_s = self._hyper_synthesis(c)
-        self.h_scale_s = self._hyper_synthesis(c)
+        self.h_a = hyper_analysis_transform(M, N)
+        self.h_mean_s = hyper_synthesis_transform(M, N)
+        self.h_scale_s = hyper_synthesis_transform(M, N)
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.channel_conditional = ChannelConditional(
             M, num_slices, max_support_slices, lambda i, o: slice_transform(i, o, M))
-
-    @staticmethod
-    def _hyper_synthesis(c: list[int]) -> nn.Sequential:
-        return nn.Sequential(
-            conv3x3(c[4], c[4]), nn.GELU(),
-            subpel_conv3x3(c[4], c[3], 2), nn.GELU(),
-            conv3x3(c[3], c[2]), nn.GELU(),
-            subpel_conv3x3(c[2], c[1], 2), nn.GELU(),
-            conv3x3(c[1], c[0]),
-        )
