@@ -1,12 +1,35 @@
 import os
+import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def git_env(base: dict | None = None) -> dict:
+    return dict(os.environ if base is None else base, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+
+
+def copy_repo(dest: Path, params: dict) -> Path:
+    """The repository's files (as `git ls-files` lists them; a developer's own
+    dvc.lock describes their runs, not the copy's) with ``params``, committed."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        if (REPO / f).is_file() and f != "dvc.lock":
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dest / f)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, env=git_env(), capture_output=True, check=True)
+    return dest
 
 
 def find_mirror() -> Path | None:

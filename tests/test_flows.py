@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId,
                                             FlowRunFilterParentFlowRunId)
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import REPO
+from conftest import REPO, copy_repo
 from test_pipeline import TINY
 
 from licbench import flows
@@ -47,26 +47,6 @@ def run(cmd, cwd, env=None, check=True):
 
 def dvc(*args, cwd, env=None):
     return run([str(BIN / "dvc"), *args], cwd, env).stdout
-
-
-def git_env():
-    return dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-
-
-def copy_repo(dest: Path, params: dict) -> Path:
-    """The repository's files (as `git ls-files` lists them) with ``params``, committed."""
-    files = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], REPO).stdout.split("\0")
-    for f in filter(None, files):
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = git_env()
-    run(["git", "init", "-q"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "copy"], dest, env)
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 import os
 import runpy
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import REPO
+from conftest import copy_repo
 
 TINY = {
     "datasets": {"sets": ["kodak"], "mirror": None},
@@ -42,18 +41,7 @@ def run(cmd, cwd, env):
 
 @pytest.fixture
 def repo_copy(tmp_path):
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")
-    dest = tmp_path / "repo"
-    for f in filter(None, files):
-        # A developer's own dvc.lock describes their runs, not this copy's.
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dest / f)
-    (dest / "params.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    return dest
+    return copy_repo(tmp_path / "repo", TINY)
 
 
 def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
@@ -64,9 +52,6 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@t")
     dvc = [str(Path(sys.executable).parent / "dvc")]
-    run(["git", "init", "-q"], repo_copy, env)
-    run(["git", "add", "-A"], repo_copy, env)
-    run(["git", "commit", "-qm", "copy"], repo_copy, env)
 
     # 1. A fresh repro runs every stage.
     out = run(dvc + ["repro"], repo_copy, env)

@@ -3,9 +3,6 @@ the coded round trip, training with masks and with the grid, and the stages."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -295,62 +292,7 @@ def test_the_resume_digest_covers_the_partitions():
     assert len(digests) == 3
 
 
-# --- the stages ----------------------------------------------------------------
-
-TINY_PARAMS = {
-    "datasets": {"sets": ["kodak"], "mirror": None},
-    "archs": ["segpic"],
-    "lambdas": [0.01],
-    "architectures": {"segpic": TINY},
-    "train": {"dataset": "kodak", "split": "test", "steps": 2, "batch_size": 2, "crop": 64,
-              "lr": 0.001, "seed": 0, "device": "cpu", "log_every": 1},
-    "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 1},
-    "anchors": {"codecs": {"jpeg": [50]}, "binaries": {}, "workers": 1, "max_images": 1},
-    "report": {"method": "pchip", "published": ["segpic"]},
-    "masks": {"sets": {"kodak": ["test"]}, "generator": "fallback", "fallback_when_unavailable": True,
-              "device": "cpu", "workers": 1, "max_images": None, "overlays": 0,
-              "sam": {"model_type": "vit_b"}, "fallback": {"downscale": 4}},
-    "mlflow": {"experiment": "licbench"},
-}
-
-
-def test_dvc_repro_trains_and_evaluates_with_masks_and_with_the_grid(mirror, tmp_path):
-    """``dvc repro`` of SegPIC's evaluation in a copy of the repository: the
-    datasets, masks, train and evaluate stages, with use_mask 1, then 0."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    repo = tmp_path / "repo"
-    for f in filter(None, files):
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            (repo / f).write_bytes((REPO / f).read_bytes())
-    env = dict(os.environ, LICBENCH_MIRROR=str(mirror), PYTHONPATH=str(repo / "src"),
-               PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    env.pop("MLFLOW_TRACKING_URI", None)
-
-    def run(*cmd):
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        return proc.stdout + proc.stderr
-
-    def repro(use_mask):
-        params = dict(TINY_PARAMS, architectures={"segpic": dict(TINY, use_mask=use_mask)})
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        out = run(os.path.join(os.path.dirname(sys.executable), "dvc"), "repro", "evaluate@segpic-0.01-kodak")
-        return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-
-    run("git", "init", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "copy")
-    assert repro(1) == ["datasets@kodak", "evaluate@segpic-0.01-kodak", "masks@kodak", "train@segpic-0.01"]
-    summary = json.loads((repo / "data/metrics/kodak/segpic-0.01.json").read_text())
-    stream = (repo / "data/eval/kodak/segpic-0.01/bitstreams/kodim01.lic").read_bytes()
-    assert summary["images"] == 1 and summary["bpp"] == pytest.approx(8 * len(stream) / (768 * 512))
-    assert json.loads((repo / "models/segpic-0.01/train.json").read_text())["use_mask"] == 1
-    # The grid: the masks stay as they are, the model trains again.
-    assert repro(0) == ["evaluate@segpic-0.01-kodak", "train@segpic-0.01"]
-    assert json.loads((repo / "models/segpic-0.01/train.json").read_text())["use_mask"] == 0
+# --- the stages (dvc repro of SegPIC with masks and with the grid: tests/test_zoo.py)
 
 
 def test_missing_masks_are_named(mirror, tmp_path):
