@@ -54,12 +54,25 @@ def mirror() -> Path:
     return m
 
 
+# Starting a Dask LocalCluster sets these in this process's environment for
+# its workers and leaves them (OMP_NUM_THREADS=1...): every later subprocess
+# would run with other thread counts, so other floating-point sums.
+_LEFT_BY_DASK = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     # Tests choose their mirror and tracking store explicitly.
     monkeypatch.delenv("LICBENCH_MIRROR", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
     monkeypatch.setenv("LICBENCH_CACHE", str(tmp_path / "cache"))
+    before = {name: os.environ.get(name) for name in _LEFT_BY_DASK}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

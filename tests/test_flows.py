@@ -225,13 +225,6 @@ def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, sta
     # check its item), so that trainings running at once overlap in what they log.
     params = dict(TINY_FLOWS, train=dict(TINY_FLOWS["train"], steps=200, log_every=25))
     repo = copy_repo(tmp_path / "repo", params)
-    # distributed sets OMP_NUM_THREADS=1 (and more) in this process's environment
-    # for its worker processes, and leaves it: restore it for the tests after this one.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])  # monkeypatch undoes dask's change
-        else:
-            monkeypatch.delenv(name, raising=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, cluster.get_client() as client:
         # Warm both workers first (licbench.flows and torch imported, which a

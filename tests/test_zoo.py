@@ -10,6 +10,7 @@ import yaml
 
 from licbench.models import ARCHITECTURES
 
+from conftest import copy_repo
 from test_pipeline import TINY
 
 SIZES = {"bmshj2018-factorized": {"N": 16, "M": 24}, "bmshj2018-hyperprior": {"N": 16, "M": 24},
@@ -33,7 +34,8 @@ def test_the_registry_is_covered():
     assert set(SIZES) == set(ARCHITECTURES)
 
 
-def test_every_architecture_trains_and_evaluates_through_dvc_repro(repo_copy, mirror):
+def test_every_architecture_trains_and_evaluates_through_dvc_repro(tmp_path, mirror):
+    repo_copy = copy_repo(tmp_path / "repo", PARAMS)
     env = dict(os.environ, LICBENCH_MIRROR=str(mirror),
                PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
@@ -50,9 +52,6 @@ def test_every_architecture_trains_and_evaluates_through_dvc_repro(repo_copy, mi
         out = run(dvc, "repro", "evaluate")
         return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
 
-    run("git", "init", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "copy")
     keys = [f"{arch}-0.01" for arch in sorted(ARCHITECTURES)]
     assert repro(PARAMS) == sorted(["datasets@kodak", "masks@kodak"] + [f"train@{k}" for k in keys]
                                    + [f"evaluate@{k}-kodak" for k in keys])
