@@ -3,6 +3,7 @@ the coded round trip, training with masks and with the grid, and the stages."""
 
 import json
 import math
+import runpy
 
 import numpy as np
 import pytest
@@ -27,17 +28,10 @@ from conftest import REPO
 TINY = {"N": 16, "M": 40, "grid": 4, "use_mask": 1}
 
 
-def region_loop(features, partition):
-    """The plain reference: per sample, per region present (ascending ids), the
-    mean of the features under its mask, written back over the mask."""
-    prototypes, expanded = [], torch.empty_like(features)
-    for b in range(features.shape[0]):
-        for k in torch.unique(partition[b]).tolist():
-            mask = partition[b] == k
-            p = features[b][:, mask].mean(dim=1)
-            prototypes.append(p)
-            expanded[b][:, mask] = p[:, None]
-    return torch.stack(prototypes), expanded
+# The plain reference the benchmark times against: per sample, per region
+# present (ascending ids), the mean of the features under its mask, written
+# back over the mask.
+region_loop = runpy.run_path(str(REPO / "bench" / "segpic_map.py"))["region_loop"]
 
 
 def test_map_and_expansion_equal_a_loop_over_regions():
