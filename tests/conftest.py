@@ -76,6 +76,18 @@ def _isolated_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def data_root(mirror, tmp_path_factory) -> Path:
+    """A data folder with Kodak and its manifest, as the datasets stage leaves
+    it, shared read-only by the stage tests."""
+    from licbench.data.datasets import prepare_dataset
+    from licbench.data.sources import kodak
+
+    root = tmp_path_factory.mktemp("data")
+    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
+    return root
+
+
+@pytest.fixture(scope="session")
 def kodak_pair(mirror) -> list[Path]:
     return [mirror / "kodak" / "kodim01.png", mirror / "kodak" / "kodim04.png"]
 

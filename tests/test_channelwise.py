@@ -14,9 +14,7 @@ import yaml
 from conftest import REPO
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor
 from licbench.coding.container import decode_container, encode_container, read_bitstream
-from licbench.data.datasets import prepare_dataset
 from licbench.data.images import load_rgb8
-from licbench.data.sources import kodak
 from licbench.errors import ConfigError
 from licbench.evaluate import run_evaluate_stage
 from licbench.models import ARCHITECTURES, build_model, load_checkpoint
@@ -33,13 +31,6 @@ PARAMS = {
     "evaluate": {"device": "cpu", "max_images": 1},
     "mlflow": {"experiment": "test"},
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(mirror, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from licbench.data.datasets import prepare_dataset
 from licbench.data.images import load_rgb8
-from licbench.data.sources import kodak
 from licbench.evaluate import run_evaluate_stage
 from licbench.coding.codec import decompress_image
 from licbench.coding.container import read_bitstream
@@ -26,13 +24,6 @@ PARAMS = {
     "evaluate": {"device": "cpu", "max_images": 2},
     "mlflow": {"experiment": "test"},
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(mirror, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    return root
 
 
 @pytest.fixture
