@@ -22,8 +22,8 @@ def free_port() -> int:
 
 class Service:
     def __init__(self, name: str, cmd: list[str], log: Path, env: dict | None = None,
-                 cwd: str | os.PathLike | None = None, **popen):
-        self.name, self.log = name, log
+                 cwd: str | os.PathLike | None = None, stop_signal: int = signal.SIGTERM, **popen):
+        self.name, self.log, self.stop_signal = name, log, stop_signal
         # A file, not a pipe: nobody reads a pipe while the test waits, and a
         # full one would block the server.
         with open(log, "ab") as out:
@@ -54,9 +54,9 @@ class Service:
             time.sleep(0.3)
 
     def stop(self, timeout: float = 30) -> None:
-        """SIGTERM to the whole group (a server's own workers too); once the
-        leader has exited or ``timeout`` passed, SIGKILL to what is left."""
-        self._signal_group(signal.SIGTERM)
+        """``stop_signal`` to the whole group (a server's own workers too);
+        once the leader has exited or ``timeout`` passed, SIGKILL to what is left."""
+        self._signal_group(self.stop_signal)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
