@@ -52,7 +52,9 @@ def absent(reason: str):
 
 @pytest.fixture
 def postgres():
-    """A PostgreSQL server with a database `mlflow`; its SQLAlchemy URI."""
+    """A PostgreSQL server with a database `mlflow`: its SQLAlchemy URI
+    (no password: libpq reads it from a password file, as docs/team.md has
+    it) and the password."""
     psycopg2 = pytest.importorskip("psycopg2")
     bindir = postgres_bindir()
     if bindir is None or not (bindir / "postgres").is_file():
@@ -100,7 +102,7 @@ def postgres():
                 print(cur.fetchone()[0])
                 cur.execute("CREATE DATABASE mlflow")
             con.close()
-            yield f"postgresql://licbench:{password}@127.0.0.1:{port}/mlflow"
+            yield f"postgresql://licbench@127.0.0.1:{port}/mlflow", password
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -109,12 +111,17 @@ def postgres():
 def mlflow_team_server(postgres, tmp_path):
     """`mlflow server` as docs/team.md runs it: the backend store in
     PostgreSQL, artifacts served from a folder (the shared storage)."""
+    backend, password = postgres
     artifacts = tmp_path / "shared" / "mlartifacts"
     port = free_port()
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:*:mlflow:licbench:{password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
     # As docs/team.md: no job runner (seven huey consumers, for MLflow's GenAI scorers).
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = dict(os.environ, PGPASSFILE=str(pgpass), MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("PGPASSWORD", None)
     server = Service("mlflow server",
-                     [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres,
+                     [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
                       "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
                       "--workers", "1"],
                      tmp_path / "mlflow-server.log", env=env, cwd=tmp_path)
@@ -128,7 +135,7 @@ def test_train_and_evaluate_log_to_a_shared_mlflow_server_on_postgres(mlflow_tea
     import mlflow
     import psycopg2
 
-    uri, artifacts, backend, server = mlflow_team_server
+    uri, artifacts, (backend, password), server = mlflow_team_server
     repo = copy_repo(tmp_path / "repo", TINY)
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, LICBENCH_MIRROR=str(mirror),
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
@@ -170,7 +177,7 @@ def test_train_and_evaluate_log_to_a_shared_mlflow_server_on_postgres(mlflow_tea
     assert list(artifacts.rglob("overlays/*.png")), "the masks stage's overlays are not in the artifact root"
 
     # And the records are PostgreSQL's.
-    with psycopg2.connect(backend) as con, con.cursor() as cur:
+    with psycopg2.connect(backend, password=password) as con, con.cursor() as cur:
         cur.execute("SELECT r.name, r.status, t.value FROM runs r LEFT JOIN tags t "
                     "ON t.run_uuid = r.run_uuid AND t.key = 'licbench.weights_sha256'")
         rows = {name: (status, weights) for name, status, weights in cur.fetchall()}
