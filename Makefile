@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python stages/...`: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test browser clean-outputs
+.PHONY: install run test browser postgres clean-outputs
 
 install: $(STAMP)
 
@@ -36,6 +36,16 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && \
 	  /usr/bin/chromium --version; fi
+
+# Debian's PostgreSQL (its newest major version) for the shared MLflow server
+# test (tests/test_mlflow_postgres.py, docs/team.md); like `browser`, needs root
+# or sudo. Without it that test is skipped.
+PG_BINDIR = ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+postgres:
+	@if [ -z "$$($(PG_BINDIR))" ]; then SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi; \
+	$$($(PG_BINDIR))/postgres --version
 
 clean-outputs:
 	rm -rf data models mlruns.db mlartifacts

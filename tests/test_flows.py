@@ -1,18 +1,14 @@
 """Prefect flows (licbench.flows) on tiny params, against Prefect's test harness:
 the DAG flow leaves what `dvc repro` leaves, the lambda fan-out runs at once (on
 a local Dask cluster of 2 workers), transient failures are retried and bad
-input is not, the deployments and their schedule register on a real
-`prefect server`."""
+input is not. The deployments, on a real server and worker: test_deployments.py."""
 
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -324,73 +320,3 @@ def test_corrupt_image_fails_at_once(harness, stage_env, mirror, tmp_path, monke
     task_run = subflow_task_runs(state.state_details.flow_run_id)["datasets@kodak"]
     assert task_run.run_count == 1 and task_run.state.is_failed()
     assert not (repo / "data/kodak/kodim07.png").exists()
-
-
-# ---------------------------------------------------------------- deployment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_deployments_and_schedule_register_on_a_local_server(tmp_path):
-    repo = copy_repo(tmp_path / "repo", TINY_FLOWS)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"),
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_API_URL=api,
-               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", PWD=str(repo),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
-    prefect = str(BIN / "prefect")
-    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"prefect server exited:\n{server.stdout.read()}"
-            assert time.monotonic() < deadline, "prefect server did not answer in 120 s"
-            time.sleep(0.5)
-        run([prefect, "work-pool", "create", "licbench", "--type", "process"], repo, env)
-        out = run([prefect, "--no-prompt", "deploy", "--all"], repo, env).stdout
-        assert "prefect worker start --pool 'licbench'" in out
-
-        code = """
-import json
-from prefect.client.orchestration import get_client
-with get_client(sync_client=True) as client:
-    out = []
-    for d in client.read_deployments():
-        flow = client.read_flow(d.flow_id)
-        out.append({"name": f"{flow.name}/{d.name}", "entrypoint": d.entrypoint,
-                    "pool": d.work_pool_name, "pull": d.pull_steps,
-                    "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules]})
-print(json.dumps(sorted(out, key=lambda d: d["name"])))
-"""
-        deployments = json.loads(run([sys.executable, "-c", code], repo, env).stdout)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    print(json.dumps(deployments, indent=1))
-    by_name = {d["name"]: d for d in deployments}
-    assert sorted(by_name) == ["licbench-dag/manual", "licbench-evaluate-newest/nightly",
-                               "licbench-train-evaluate/manual"]
-    nightly = by_name["licbench-evaluate-newest/nightly"]
-    assert nightly["entrypoint"] == "pipelines/evaluate_newest.py:evaluate_newest"
-    assert nightly["schedules"] == [["0 2 * * *", "UTC", True]]
-    assert by_name["licbench-dag/manual"]["schedules"] == []
-    for d in deployments:
-        assert d["pool"] == "licbench"
-        assert d["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(repo)}}]

@@ -120,7 +120,7 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert ckpt.stat().st_mtime_ns == mtime
     assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}
 
-    # 4. DVC keeps the resumable state (persist) when it reruns a stage: a
+    # 4. DVC leaves the resumable state (not an output) when it reruns a stage: a
     # state that is not finished (as after a kill) is resumed.
     import torch
 
