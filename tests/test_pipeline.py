@@ -12,16 +12,18 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import copy_repo
+from conftest import REPO, copy_repo
+from licbench.config import read_params_file, with_overrides
 
-TINY = {
+# Tiny settings: params.yaml with these overrides (a complete params file).
+TINY = with_overrides(read_params_file(REPO / "params.yaml"), {
     "datasets": {"sets": ["kodak"], "mirror": None},
     "archs": ["mbt2018-mean"],
     "lambdas": [0.01, 0.05],
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
     "train": {"dataset": "kodak", "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
-              "log_every": 1},
+              "log_every": 1, "lr_schedule": "none", "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
     "anchors": {"codecs": {"jpeg": [20, 80], "vtm": [32]}, "binaries": {}, "workers": 2,
                 "max_images": 2},
@@ -30,7 +32,7 @@ TINY = {
               "device": "cpu", "workers": 1, "max_images": 2, "overlays": 1,
               "sam": {"model_type": "vit_b"}, "fallback": {"downscale": 2}},
     "mlflow": {"experiment": "licbench"},
-}
+})
 
 
 def run(cmd, cwd, env):
@@ -131,3 +133,4 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     torch.save(state, state_path)
     out = run(dvc + ["repro", "--force", "--single-item", "train@mbt2018-mean-0.01"], repo_copy, env)
     assert "resuming mbt2018-mean-0.01 from step 3" in out
+

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, LicbenchError
+from ..config import ReportConfig
+from ..errors import LicbenchError
 from ..fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from . import published
 from .bdrate import METHODS, BDWarning, bd_quality, bd_rate
@@ -266,19 +267,14 @@ class Report:
     files: dict[str, Path]
 
 
-def build_report(params: dict, dataset: str, out_dir: str | Path,
-                 data_root: str | Path = "data") -> Report:
-    cfg = params.get("report") or {}
-    method = cfg.get("method", "pchip")
-    if method not in METHODS:
-        raise ConfigError(f"params.yaml report.method must be one of {METHODS}, not '{method}'")
+def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root: str | Path = "data",
+                 *, archs: list[str], lambdas: list[float]) -> Report:
+    """The report of ``archs`` at ``lambdas`` (params.yaml's matrix) on ``dataset``."""
+    method = cfg.method
     data_root, out_dir = Path(data_root), Path(out_dir)
-    archs, lambdas = params.get("archs") or [], params.get("lambdas") or []
-    if not archs or not lambdas:
-        raise ConfigError("params.yaml: archs and lambdas must name at least one model")
     trained = trained_curves(data_root / "metrics" / dataset, archs, lambdas)
     anchors = anchor_curves(data_root / "anchors" / dataset / "curves.json")
-    anchors += published_curves(dataset, cfg.get("published") or [])
+    anchors += published_curves(dataset, cfg.published)
     curves = trained + anchors
     table = bd_table(trained, anchors)
     markdown = table_markdown(table, anchors, dataset, method)
@@ -305,15 +301,15 @@ def build_report(params: dict, dataset: str, out_dir: str | Path,
     return Report(dataset, curves, table, markdown, files)
 
 
-def log_report(report: Report, params: dict) -> str:
+def log_report(report: Report, cfg: ReportConfig, experiment: str) -> str:
     """One MLflow run per report: artifacts on the parent, a child run per trained
     architecture with ``bd_rate_vs_<anchor>`` metrics, linked to the model runs."""
     import mlflow
 
     from ..tracking import find_model_run, git_commit, start_run, use_experiment
 
-    method = (params.get("report") or {}).get("method", "pchip")
-    experiment_id = use_experiment(params["mlflow"]["experiment"])
+    method = cfg.method
+    experiment_id = use_experiment(experiment)
     anchors = [c for c in report.curves if c.kind != "trained"]
     with start_run(run_name=f"report-{report.dataset}") as parent:
         mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
@@ -349,12 +345,13 @@ def log_report(report: Report, params: dict) -> str:
         return parent.info.run_id
 
 
-def run_report_stage(params: dict, dataset: str, out_dir: str | Path,
-                     data_root: str | Path = "data") -> Report:
-    """What ``stages/report.py`` runs."""
-    report = build_report(params, dataset, out_dir, data_root)
+def run_report_stage(cfg: ReportConfig, dataset: str, out_dir: str | Path,
+                     data_root: str | Path = "data", *, archs: list[str], lambdas: list[float],
+                     experiment: str) -> Report:
+    """What ``stages/report.py`` runs; the MLflow run goes to ``experiment``."""
+    report = build_report(cfg, dataset, out_dir, data_root, archs=archs, lambdas=lambdas)
     log.info("report for %s written to %s", dataset, out_dir)
     print(report.markdown)
-    run_id = log_report(report, params)
+    run_id = log_report(report, cfg, experiment)
     log.info("MLflow report run %s", run_id)
     return report
