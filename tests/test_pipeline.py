@@ -134,3 +134,15 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     out = run(dvc + ["repro", "--force", "--single-item", "train@mbt2018-mean-0.01"], repo_copy, env)
     assert "resuming mbt2018-mean-0.01 from step 3" in out
 
+    # 5. One lambda: the pipeline completes; the report draws its point and
+    # says in one line why there is no BD-rate.
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(dict(TINY, lambdas=[0.01]), sort_keys=False))
+    out = run(dvc + ["repro"], repo_copy, env)
+    assert "Running stage 'report@kodak'" in out
+    assert "mbt2018-mean [trained here]: 1 point; BD-rate needs at least 2 points" in out  # the log
+    said = [line for line in (repo_copy / "data/report/kodak/bd_rate.md").read_text().splitlines()
+            if "needs at least 2 points" in line]
+    assert len(said) == 1 and said[0].startswith("mbt2018-mean [trained here]: 1 point;")
+    points = json.loads((repo_copy / "data/report/kodak/rd_points.json").read_text())
+    assert len([p for p in points if p["kind"] == "trained"]) == 1
+    assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}

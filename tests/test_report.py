@@ -1,6 +1,7 @@
 """The report stage on constructed evaluation summaries and anchor curves."""
 
 import json
+import logging
 import math
 import typing
 
@@ -138,6 +139,28 @@ def test_three_lambdas_warn_in_the_table(tmp_path):
     assert cell["bd_rate_pchip"] > 0
     assert any(w.startswith("PSNR: ") and "3 points" in w for w in cell["warnings"])
     assert "## Warnings" in report.markdown
+
+
+def test_one_lambda_draws_its_point_and_says_in_one_line_why_no_bd_rate(tmp_path, caplog):
+    root = tmp_path / "data"
+    write_summaries(root, "toy", BPP[:1], lambdas=LAMBDAS[:1])
+    write_anchors(root, {"jpeg": BPP})
+    with caplog.at_level(logging.WARNING, logger="licbench.report.rd"):
+        report = report_of(root, tmp_path / "out", lambdas=LAMBDAS[:1], published=[])
+    for quality in ("psnr", "ms_ssim"):
+        cell = report.table["toy"]["jpeg"][quality]
+        assert cell["bd_rate_pchip"] is None and cell["bd_rate_cubic"] is None
+        assert cell["note"].startswith("the test curve has 1 point: BD-rate needs at least 2 points")
+    said = [line for line in report.markdown.splitlines() if "needs at least 2 points" in line]
+    assert said == ["toy [trained here]: 1 point; BD-rate needs at least 2 points per curve, and 4 are "
+                    "the norm (VCEG-M33's cubic fit passes through 4 rate points, as the common test "
+                    "conditions code); its BD values are n/a, its points are in the plots."]
+    assert "| jpeg [this run] | n/a | n/a | n/a | n/a |" in report.markdown
+    logged = [r.getMessage() for r in caplog.records if "needs at least 2 points" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("report kodak: toy [trained here]: 1 point")
+    points = json.loads((tmp_path / "out" / "rd_points.json").read_text())
+    assert [p["bpp"] for p in points if p["kind"] == "trained"] == [BPP[0]]
+    assert (tmp_path / "out" / "rd_psnr.png").is_file()
 
 
 def test_the_schema_offers_the_fits_bdrate_has():

@@ -37,6 +37,12 @@ from ..fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from . import published
 from .bdrate import METHODS, BDWarning, bd_quality, bd_rate
 
+# Bjøntegaard's fit needs 2 points at the very least; VCEG-M33's cubic passes
+# exactly through 4, and the common test conditions code 4 rate points (QP 22,
+# 27, 32, 37): 4 lambdas per curve are the norm.
+TOO_FEW_POINTS = ("BD-rate needs at least 2 points per curve, and 4 are the norm (VCEG-M33's "
+                  "cubic fit passes through 4 rate points, as the common test conditions code)")
+
 log = logging.getLogger(__name__)
 
 
@@ -131,6 +137,11 @@ def _bd_pair(anchor: Curve, test: Curve, quality: str) -> dict:
     qt = test.psnr if quality == "psnr" else test.ms_ssim_db
     if any(v is None for v in qa) or any(v is None for v in qt):
         return {"note": f"no {quality} values"}
+    few = [f"the {name} curve has {len(q)} point" for name, q in (("anchor", qa), ("test", qt))
+           if len(q) < 2]
+    if few:
+        return {**{f"bd_{k}_{m}": None for k in ("rate", quality) for m in METHODS},
+                "note": f"{', '.join(few)}: {TOO_FEW_POINTS}"}
     out: dict = {}
     notes: set[str] = set()
     label = "PSNR" if quality == "psnr" else "MS-SSIM"
@@ -160,11 +171,16 @@ def bd_table(trained: list[Curve], anchors: list[Curve]) -> dict:
             for t in trained}
 
 
+def too_few_line(curve: Curve) -> str:
+    return f"{curve.label}: {len(curve.bpp)} point; {TOO_FEW_POINTS}"
+
+
 def _fmt(v: float | None, unit: str) -> str:
     return "n/a" if v is None else f"{v:+.2f}{unit}"
 
 
-def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str) -> str:
+def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str,
+                   too_few: list[Curve] = ()) -> str:
     labels = {a.id: a.label for a in anchors}
     lines = [f"# BD-rate on {dataset}",
              "",
@@ -175,6 +191,8 @@ def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str)
              "increase with rate. Marked *: see the warnings below.",
              ""]
     notes: list[str] = []
+    lines += [f"{too_few_line(c)}; its BD values are n/a, its points are in the plots." for c in too_few]
+    lines += [""] if too_few else []
     for model, row in table.items():
         lines += [f"## {model}", "",
                   "| anchor | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM) | BD-MS-SSIM (dB) |",
@@ -276,8 +294,11 @@ def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root
     anchors = anchor_curves(data_root / "anchors" / dataset / "curves.json")
     anchors += published_curves(dataset, cfg.published)
     curves = trained + anchors
+    too_few = [c for c in curves if len(c.bpp) < 2]
+    for curve in too_few:
+        log.warning("report %s: %s", dataset, too_few_line(curve))
     table = bd_table(trained, anchors)
-    markdown = table_markdown(table, anchors, dataset, method)
+    markdown = table_markdown(table, anchors, dataset, method, too_few)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "bd_rate.json", "table_json": out_dir / "bd_table.json",
