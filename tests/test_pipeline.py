@@ -105,6 +105,17 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert "Running stage" not in out
     assert ckpt.stat().st_mtime_ns == mtime
 
+    # 2b. Editing train.log_every changes no output: DVC sees no stage as
+    # changed. Editing train.lr does change them (the params are tracked key by key).
+    def status(params) -> dict:
+        (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return json.loads(run(dvc + ["status", "--json"], repo_copy, env))
+
+    assert status(with_overrides(TINY, {"train": {"log_every": 2}})) == {}
+    changed = status(with_overrides(TINY, {"train": {"lr": 0.002}}))
+    assert sorted(changed) == ["train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05"]
+    assert changed["train@mbt2018-mean-0.01"] == [{"changed deps": {"params.yaml": {"train.lr": "modified"}}}]
+
     # 3. Changing one lambda reruns only that lambda's train and evaluate; here
     # through the Prefect flow, which must leave the same DVC state.
     TINY_CHANGED = dict(TINY, lambdas=[0.01, 0.02])
