@@ -26,7 +26,7 @@ from conftest import REPO, copy_repo
 from test_pipeline import TINY
 
 from licbench import flows
-from licbench.config import load_section, validate_params
+from licbench.config import load_section, read_params_file, validate_params, with_overrides
 from licbench.errors import ConfigError
 from licbench.flows import StageFailed
 
@@ -290,9 +290,10 @@ def test_transient_download_failure_is_retried(harness, tmp_path, monkeypatch):
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"datasets": {
         "foreach": ["flaky"], "do": {"cmd": "python fetch.py ${item}", "deps": ["fetch.py"],
                                      "outs": ["data/${item}"]}}}}))
-    (repo / "params.yaml").write_text(yaml.safe_dump(
-        {"mlflow": {"experiment": "licbench"},
-         "prefect": {"workers": 1, "download_retries": 2, "download_retry_delay_s": 1}}))
+    # The flow reads a whole params file (it checks it as the stages do).
+    (repo / "params.yaml").write_text(yaml.safe_dump(with_overrides(read_params_file(REPO / "params.yaml"), {
+        "mlflow": {"experiment": "licbench"},
+        "prefect": {"workers": 1, "download_retries": 2, "download_retry_delay_s": 1}}), sort_keys=False))
     (repo / ".gitignore").write_text("attempts.txt\nmlruns.db\nmlartifacts/\n")
     run(["git", "init", "-q"], repo)
     run([str(BIN / "dvc"), "init", "-q"], repo)

@@ -153,7 +153,7 @@ def label_map_masks(labels: np.ndarray) -> list[Mask]:
 
 
 def make_fallback(cfg: FallbackConfig, requested: str = "fallback", reason: str = "") -> Segmenter:
-    settings = cfg.model_dump()
+    settings = cfg.model_dump()  # typed by the schema: 300 and 300.0 give one settings digest
     return Segmenter(name=settings["method"], settings=settings,
                      segment=lambda image: fallback_segment(image, settings),
                      requested=requested, fallback_reason=reason, parallel_safe=True)
