@@ -18,9 +18,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# After the DAG: the evaluation metrics, then each set's BD-rate table
+# params.yaml is checked first (every problem, one line each), then the DAG;
+# after it: the evaluation metrics, then each set's BD-rate table
 # (`dvc metrics show` without a target lists every metric, training's too).
 run: install
+	$(BIN)/licbench params check
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show data/metrics
 	@for f in data/report/*/bd_rate.md; do [ -f "$$f" ] && { echo; cat "$$f"; }; done; true

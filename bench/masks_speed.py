@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from licbench.data.images import load_rgb8  # noqa: E402
 from licbench.masks.generate import make_segmenter, mask_record  # noqa: E402
 from licbench.masks.rle import partition_from_rles  # noqa: E402
-from licbench.params import load_params  # noqa: E402
+from licbench.config import load_params  # noqa: E402
 
 
 def timed(segment, images):
@@ -71,16 +71,16 @@ def main():
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     n = max(args.fallback_images, args.sam_images)
     images = [load_rgb8(p).array for p in files[:n]]
-    cfg = load_params(args.params)["masks"]
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "torch_threads": torch.get_num_threads(), "image_size": list(images[0].shape[:2]),
               "images_from": args.images}
 
-    fallback_cfg = dict(cfg, generator="fallback")
-    fb = make_segmenter(fallback_cfg)
+    fallback = {"masks": {"generator": "fallback"}}
+    fb = make_segmenter(load_params(args.params, fallback).masks)
     fb_stats, _ = timed(fb.segment, images[: args.fallback_images])
     result["fallback"] = {"method": fb.name, "downscale": fb.settings["downscale"], **fb_stats}
-    full = make_segmenter(dict(fallback_cfg, fallback=dict(cfg["fallback"], downscale=1)))
+    full = make_segmenter(load_params(args.params, {"masks": {"generator": "fallback",
+                                                              "fallback": {"downscale": 1}}}).masks)
     result["fallback_full_size"] = {"method": full.name, "downscale": 1,
                                     **timed(full.segment, images[: args.fallback_images])[0]}
 
@@ -105,7 +105,8 @@ def main():
 
         torch.manual_seed(0)
         model = sam_model_registry["vit_b"](checkpoint=None)
-        sam_cfg = dict(cfg, generator="sam", device="cpu", sam={"model_type": "vit_b"})
+        sam_cfg = load_params(args.params, {"masks": {"generator": "sam", "device": "cpu",
+                                                      "sam": {"model_type": "vit_b"}}}).masks
         sam = make_segmenter(sam_cfg, model=model)
         with torch.no_grad():  # the image encoder alone, once, at SAM's 1024 x 1024 input
             t0 = time.perf_counter()

@@ -30,7 +30,10 @@ from licbench.coding.container import encode_container
 from licbench.data.images import load_rgb8
 from licbench.metrics import bpp_from_bytes
 from licbench.models import load_checkpoint
-from licbench.train import TrainConfig, train_model
+from licbench.config import train_config
+from licbench.train import train_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -49,8 +52,9 @@ def main() -> None:
     mirror = Path(args.mirror)
     train_images = [load_rgb8(p).array for p in sorted((mirror / "bsds500" / "train").glob("*.jpg"))]
     kodak = {p.name: load_rgb8(p).array for p in sorted((mirror / "kodak").glob("kodim*.png"))[: args.images]}
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                      device="cpu", log_every=max(1, args.steps // 10), seed=0)
+    cfg = train_config(REPO / "params.yaml", steps=args.steps, batch_size=args.batch_size,
+                       crop=args.crop, lr=args.lr, device="cpu", log_every=max(1, args.steps // 10),
+                       seed=0, val_split=None, lr_schedule="none")
     config = {"N": args.N, "M": args.M}
 
     results = {}

@@ -37,8 +37,11 @@ import torch
 from compressai.losses import RateDistortionLoss
 from compressai.zoo.image import cfgs
 
+from licbench.config import train_config
 from licbench.models import ARCHITECTURES, build_model
-from licbench.train import TrainConfig, split_parameters, train_model
+from licbench.train import split_parameters, train_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(arch: str, config: dict, device: torch.device, batch: int, crop: int, steps: int,
@@ -71,7 +74,8 @@ def plain_loop(arch: str, config: dict, device: torch.device, batch: int, crop: 
 def pipeline(arch: str, config: dict, device: torch.device, batch: int, crop: int, steps: int) -> dict:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(crop * 2, crop * 2, 3), dtype=np.uint8) for _ in range(16)]
-    cfg = TrainConfig(steps=steps, batch_size=batch, crop=crop, lr=1e-4, device=str(device), log_every=1)
+    cfg = train_config(REPO / "params.yaml", steps=steps, batch_size=batch, crop=crop, lr=1e-4,
+                       device=str(device), log_every=1, val_split=None, lr_schedule="none")
     with tempfile.TemporaryDirectory() as tmp:
         return train_model(arch, config, 0.01, cfg, images, Path(tmp) / "checkpoint.pt",
                            log_metrics=lambda metrics, step: None)

@@ -2,9 +2,10 @@
 
 import argparse
 
-from licbench.anchors import run_anchors_stage
+from licbench.anchors import CODECS, run_anchors_stage
+from licbench.config import load_params
+from licbench.data.sources import SOURCES
 from licbench.entry import run_main
-from licbench.params import load_params
 
 
 def main():
@@ -14,7 +15,8 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_anchors_stage(load_params(args.params), args.dataset, args.out, args.data_root)
+    params = load_params(args.params, sources=SOURCES, codecs=CODECS)
+    run_anchors_stage(params.anchors, args.dataset, args.out, args.data_root)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 import argparse
 
+from licbench.config import load_params
 from licbench.data.datasets import run_datasets_stage
+from licbench.data.sources import SOURCES
 from licbench.entry import run_main
-from licbench.params import load_params
 
 
 def main():
@@ -13,7 +14,8 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_datasets_stage(load_params(args.params), args.dataset, args.data_root)
+    params = load_params(args.params, sources=SOURCES)
+    run_datasets_stage(params.datasets, args.dataset, args.data_root)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 import argparse
 
+from licbench.config import load_params
+from licbench.data.sources import SOURCES
 from licbench.entry import run_main
 from licbench.evaluate import run_evaluate_stage
-from licbench.params import load_params
 
 
 def main():
@@ -16,8 +17,9 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_evaluate_stage(load_params(args.params), args.checkpoint, args.dataset,
-                       args.out, args.summary, args.data_root)
+    params = load_params(args.params, sources=SOURCES)
+    run_evaluate_stage(params.evaluate, args.checkpoint, args.dataset, args.out, args.summary,
+                       args.data_root, experiment=params.mlflow.experiment)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 import argparse
 
+from licbench.config import load_params, resolve_mirror
+from licbench.data.sources import SOURCES
 from licbench.entry import run_main
 from licbench.masks.stage import run_masks_stage
-from licbench.params import load_params
 
 
 def main():
@@ -15,7 +16,9 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_masks_stage(load_params(args.params), args.dataset, args.out, args.summary, args.data_root)
+    params = load_params(args.params, sources=SOURCES)
+    run_masks_stage(params.masks, args.dataset, args.out, args.summary, args.data_root,
+                    mirror=resolve_mirror(params.datasets), experiment=params.mlflow.experiment)
 
 
 if __name__ == "__main__":

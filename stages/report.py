@@ -2,8 +2,9 @@
 
 import argparse
 
+from licbench.config import load_params
 from licbench.entry import run_main
-from licbench.params import load_params
+from licbench.report import published
 from licbench.report.rd import run_report_stage
 
 
@@ -14,7 +15,9 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_report_stage(load_params(args.params), args.dataset, args.out, args.data_root)
+    params = load_params(args.params, published=published.available)
+    run_report_stage(params.report, args.dataset, args.out, args.data_root, archs=params.archs,
+                     lambdas=params.lambdas, experiment=params.mlflow.experiment)
 
 
 if __name__ == "__main__":

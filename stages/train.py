@@ -2,8 +2,10 @@
 
 import argparse
 
+from licbench.config import load_params
+from licbench.data.sources import SOURCES
 from licbench.entry import run_main
-from licbench.params import load_params
+from licbench.models import ARCHITECTURES
 from licbench.train import run_train_stage
 
 
@@ -18,8 +20,10 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    run_train_stage(load_params(args.params), args.arch, args.lmbda,
-                    args.checkpoint, args.summary, args.data_root, args.state)
+    params = load_params(args.params, sources=SOURCES, architectures=ARCHITECTURES)
+    run_train_stage(params.train, args.arch, params.architecture(args.arch, args.lmbda), args.lmbda,
+                    args.checkpoint, args.summary, args.data_root, args.state,
+                    experiment=params.mlflow.experiment)
 
 
 if __name__ == "__main__":

@@ -146,10 +146,12 @@ def briefly_trained(mirror, tmp_path_factory):
     random one quantizes to zeros), in a few seconds."""
     from licbench.data.images import load_rgb8
     from licbench.models import load_checkpoint
-    from licbench.train import TrainConfig, train_model
+    from licbench.config import train_config
+    from licbench.train import train_model
 
     images = [load_rgb8(p).array for p in sorted((mirror / "bsds500" / "train").glob("*.jpg"))[:8]]
-    cfg = TrainConfig(steps=300, batch_size=8, crop=64, lr=1e-3, aux_lr=1e-2, device="cpu", log_every=100)
+    cfg = train_config(REPO / "params.yaml", steps=300, batch_size=8, crop=64, lr=1e-3, aux_lr=1e-2,
+                       device="cpu", log_every=100, lr_schedule="none", val_split=None)
     made = {}
 
     def train(arch):

@@ -5,12 +5,19 @@ import pytest
 from PIL import Image
 
 from licbench.anchors import CODECS, code_image, curves, run_anchors, run_anchors_stage
+from licbench.config import AnchorsConfig, BinariesConfig, load_params, load_section
 from licbench.data.datasets import prepare_dataset
 from licbench.data.sources import kodak
-from licbench.errors import ConfigError, LicbenchError
+from licbench.errors import LicbenchError, ParamsError
+
+from conftest import REPO
 
 LOW_HIGH = {"jpeg": [10, 90], "webp": [10, 90], "jpeg2000": [100, 10], "avif": [20, 80],
             "hevc444": [10, 70], "jpegxl": [20, 80]}
+
+
+def anchors_config(overrides: dict) -> AnchorsConfig:
+    return load_section(REPO / "params.yaml", "anchors", overrides)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,8 @@ def test_bytes_are_those_of_the_file(crop_path, tmp_path):
 def test_parallel_run_matches_serial_and_curves_use_compressai_layout(crop_path):
     sweeps = {"jpeg": [30, 80], "jpeg2000": [50, 20]}
     images = [("a.png", crop_path), ("b.png", crop_path)]
-    serial, parallel = run_anchors(images, sweeps, 1), run_anchors(images, sweeps, 2)
+    serial = run_anchors(images, anchors_config({"codecs": sweeps, "workers": 1}))
+    parallel = run_anchors(images, anchors_config({"codecs": sweeps, "workers": 2}))
     assert serial.column("bytes").to_pylist() == parallel.column("bytes").to_pylist()
     assert serial.column("psnr").to_pylist() == parallel.column("psnr").to_pylist()
     result = curves(parallel)
@@ -55,16 +63,16 @@ def test_parallel_run_matches_serial_and_curves_use_compressai_layout(crop_path)
     assert result["jpeg2000"]["description"].startswith("OpenJPEG 2.")
 
 
-def test_unknown_codec_is_named(crop_path):
-    with pytest.raises(ConfigError, match=r"unknown codec\(s\) \['x264'\]"):
-        run_anchors([("a.png", crop_path)], {"x264": [30]}, 1)
+def test_unknown_codec_is_named():
+    with pytest.raises(ParamsError, match=r"params.yaml: anchors.codecs.x264: unknown codec; one of avif, bpg"):
+        load_params(REPO / "params.yaml", {"anchors": {"codecs": {"x264": [30]}}}, codecs=CODECS)
 
 
 def test_stage_writes_rows_and_curves(mirror, tmp_path):
     root = tmp_path / "data"
     prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    params = {"anchors": {"codecs": {"jpeg": [20, 60], "webp": [30]}, "workers": 2, "max_images": 2}}
-    result = run_anchors_stage(params, "kodak", tmp_path / "out", root)
+    cfg = anchors_config({"codecs": {"jpeg": [20, 60], "webp": [30]}, "workers": 2, "max_images": 2})
+    result = run_anchors_stage(cfg, "kodak", tmp_path / "out", root)
     rows = pq.read_table(tmp_path / "out" / "per_image.parquet").to_pylist()
     assert len(rows) == 6 and {r["image"] for r in rows} == {"kodak/kodim01.png", "kodak/kodim02.png"}
     assert len(result["jpeg"]["results"]["bpp"]) == 2
@@ -99,7 +107,7 @@ def fake_binaries(tmp_path, monkeypatch):
 @pytest.mark.parametrize("codec", ["vtm", "hm", "bpg"])
 def test_external_codec_rate_and_quality_follow_qp(codec, crop_path, fake_binaries):
     binaries, log_file = fake_binaries
-    fine, coarse = (code_image(codec, qp, "crop.png", str(crop_path), binaries[codec])
+    fine, coarse = (code_image(codec, qp, "crop.png", str(crop_path), BinariesConfig(**binaries[codec]))
                     for qp in (22, 42))
     assert 0 < coarse["bpp"] < fine["bpp"]
     assert 15 < coarse["psnr"] < fine["psnr"]
@@ -117,17 +125,17 @@ def test_external_codec_rate_and_quality_follow_qp(codec, crop_path, fake_binari
 
 def test_reference_software_in_rgb_is_lossless_at_step_one(crop_path, fake_binaries):
     binaries, log_file = fake_binaries
-    rgb = code_image("vtm", 0, "crop.png", str(crop_path), {**binaries["vtm"], "colour": "rgb"})
+    rgb = code_image("vtm", 0, "crop.png", str(crop_path), BinariesConfig(**binaries["vtm"], colour="rgb"))
     assert rgb["psnr"] == float("inf")
     assert "--InputColourSpaceConvert=RGBtoGBR" in log_file.read_text()
     # In YCbCr the 8-bit conversion there and back costs a little, no more.
-    ycc = code_image("vtm", 0, "crop.png", str(crop_path), binaries["vtm"])
+    ycc = code_image("vtm", 0, "crop.png", str(crop_path), BinariesConfig(**binaries["vtm"]))
     assert 45 < ycc["psnr"] < float("inf")
 
 
 def test_external_codec_bytes_are_the_bitstream(crop_path, fake_binaries, tmp_path):
     binaries, _ = fake_binaries
-    row = code_image("vtm", 30, "crop.png", str(crop_path), binaries["vtm"])
+    row = code_image("vtm", 30, "crop.png", str(crop_path), BinariesConfig(**binaries["vtm"]))
     # Rerun the stand-in encoder by hand on the same YCbCr input.
     from licbench.anchors import _rgb_to_planes
 
@@ -143,8 +151,8 @@ def test_external_codec_bytes_are_the_bitstream(crop_path, fake_binaries, tmp_pa
 
 def test_external_codecs_without_binaries_are_skipped_in_one_line(caplog):
     with caplog.at_level(logging.WARNING):
-        runnable = available_codecs({"jpeg": [50], "vtm": [32], "bpg": [30]},
-                                    {"vtm": {"encoder": None}})
+        runnable = available_codecs(anchors_config({"codecs": {"jpeg": [50], "vtm": [32], "bpg": [30]},
+                                                    "binaries": {"vtm": {"encoder": None}}}))
     assert list(runnable) == ["jpeg"]
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
@@ -152,14 +160,16 @@ def test_external_codecs_without_binaries_are_skipped_in_one_line(caplog):
 
 
 def test_external_codec_pointing_at_nothing_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"anchors.binaries.bpg.encoder: .*nope is not a file"):
-        available_codecs({"bpg": [30]}, {"bpg": {"encoder": str(tmp_path / "nope"),
-                                                 "decoder": str(tmp_path / "nope2")}})
+    cfg = anchors_config({"codecs": {"bpg": [30]},
+                          "binaries": {"bpg": {"encoder": str(tmp_path / "nope"),
+                                               "decoder": str(tmp_path / "nope2")}}})
+    with pytest.raises(ParamsError, match=r"params.yaml: anchors.binaries.bpg.encoder: .*nope is not a file"):
+        available_codecs(cfg)
 
 
 def test_failing_external_codec_names_itself(crop_path, fake_binaries, tmp_path):
     binaries, _ = fake_binaries
-    broken = {**binaries["vtm"], "config": str(tmp_path / "missing.cfg")}
+    broken = BinariesConfig(**{**binaries["vtm"], "config": str(tmp_path / "missing.cfg")})
     with pytest.raises(LicbenchError, match=r"crop.png: anchors: vtm: EncoderApp failed \(exit 1\) on QP 30: .*config missing"):
         code_image("vtm", 30, "crop.png", str(crop_path), broken)
 
@@ -168,9 +178,9 @@ def test_stage_records_external_codec_version(mirror, tmp_path, fake_binaries):
     binaries, _ = fake_binaries
     root = tmp_path / "data"
     prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    params = {"anchors": {"codecs": {"bpg": [30, 40], "hm": [37]}, "workers": 1, "max_images": 1,
-                          "binaries": {"bpg": binaries["bpg"]}}}
-    result = run_anchors_stage(params, "kodak", tmp_path / "out", root)
+    cfg = anchors_config({"codecs": {"bpg": [30, 40], "hm": [37]}, "workers": 1, "max_images": 1,
+                          "binaries": {"bpg": binaries["bpg"]}})
+    result = run_anchors_stage(cfg, "kodak", tmp_path / "out", root)
     assert set(result) == {"bpg"}
     assert "BPG Image Encoder version 0.9.8-fake" in result["bpg"]["description"]
     assert result["bpg"]["results"]["qp"] == [40.0, 30.0]

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 
 from conftest import REPO
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor
@@ -19,18 +18,22 @@ from licbench.errors import ConfigError
 from licbench.evaluate import run_evaluate_stage
 from licbench.models import ARCHITECTURES, build_model, load_checkpoint
 from licbench.models.wacnn import WindowAttentionLayer, window_partition, window_reverse
-from licbench.train import TrainConfig, architecture_config, run_train_stage
+from licbench.config import load_params
+from licbench.train import run_train_stage
 
 ARCHS = ["charm", "wacnn"]
 TINY = {"N": 16, "M": 40}  # 10 slices of 4 channels; 8 attention heads of 2 and 5 channels
-PARAMS = {
+PARAMS = load_params(REPO / "params.yaml", {
     "datasets": {"sets": ["kodak"]},
+    "archs": ARCHS,
     "architectures": {arch: TINY for arch in ARCHS},
     "train": {"dataset": "kodak", "split": "test", "steps": 10, "batch_size": 2, "crop": 64,
-              "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 10},
-    "evaluate": {"device": "cpu", "max_images": 1},
+              "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 10, "lr_schedule": "none",
+              "val_split": None},
+    "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 1},
+    "masks": {"sets": {"kodak": ["test"]}},
     "mlflow": {"experiment": "test"},
-}
+})
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,10 @@ def trained(data_root, tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", store)
             ckpt = root / "models" / "checkpoint.pt"
-            run_train_stage(PARAMS, arch, 0.01, ckpt, root / "models" / "train.json", data_root)
-            summary = run_evaluate_stage(PARAMS, ckpt, "kodak", root / "eval", root / "metrics.json", data_root)
+            run_train_stage(PARAMS.train, arch, PARAMS.architecture(arch, 0.01), 0.01, ckpt,
+                            root / "models" / "train.json", data_root, experiment="test")
+            summary = run_evaluate_stage(PARAMS.evaluate, ckpt, "kodak", root / "eval", root / "metrics.json",
+                                         data_root, experiment="test")
         out[arch] = (ckpt, store, root / "eval", summary)
     return out
 
@@ -220,13 +225,11 @@ def test_train_and_evaluate_stages(arch, trained, data_root):
 
 
 def test_params_and_paper_configs():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
     for arch in ARCHS:
-        config = architecture_config(params, arch, params["lambdas"][0])
-        build_model(arch, config)  # the quick default builds
-        paper = yaml.safe_load((REPO / "configs" / f"paper-{arch}.yaml").read_text())
-        assert paper["archs"] == [arch]
-        assert {architecture_config(paper, arch, l)["N"] for l in paper["lambdas"]} == {192}
-        assert {architecture_config(paper, arch, l)["M"] for l in paper["lambdas"]} == {320}
-        cfg = TrainConfig.from_params(paper["train"])
-        assert cfg.crop % ARCHITECTURES[arch].pad_multiple == 0
+        build_model(arch, params.architecture(arch, params.lambdas[0]))  # the quick default builds
+        paper = load_params(REPO / "configs" / f"paper-{arch}.yaml")
+        assert paper.archs == [arch]
+        assert {paper.architecture(arch, l)["N"] for l in paper.lambdas} == {192}
+        assert {paper.architecture(arch, l)["M"] for l in paper.lambdas} == {320}
+        assert paper.train.crop % ARCHITECTURES[arch].pad_multiple == 0

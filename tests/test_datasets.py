@@ -5,6 +5,8 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import REPO
+from licbench.config import load_section
 from licbench.data.datasets import manifest_digest, prepare_dataset, run_datasets_stage
 from licbench.data.sources import DatasetSource, ExpectedFile, bsds500, kodak
 from licbench.errors import ChecksumError, DownloadError
@@ -131,8 +133,8 @@ def test_archive_missing_members_are_listed(mirror, file_server, tmp_path):
 
 def test_stage_reads_the_mirror_from_the_environment(mirror, tmp_path, monkeypatch):
     monkeypatch.setenv("LICBENCH_MIRROR", str(mirror))
-    table = run_datasets_stage({"datasets": {"sets": ["kodak"], "mirror": None}}, "kodak",
-                               tmp_path / "data")
+    cfg = load_section(REPO / "params.yaml", "datasets", {"sets": ["kodak"], "mirror": None})
+    table = run_datasets_stage(cfg, "kodak", tmp_path / "data")
     assert table.num_rows == 24
     assert (tmp_path / "data/manifests/kodak.parquet").is_file()
 

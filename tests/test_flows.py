@@ -22,6 +22,7 @@ from conftest import REPO, copy_repo
 from test_pipeline import TINY
 
 from licbench import flows
+from licbench.config import load_section, read_params_file, validate_params, with_overrides
 from licbench.errors import ConfigError
 from licbench.flows import StageFailed
 
@@ -109,7 +110,7 @@ def test_settings_items_and_their_errors(tmp_path, monkeypatch):
     graph = flows.stage_graph(repo)
     assert list(graph)[0] == "datasets@kodak" and list(graph)[-1] == "report@kodak"
     assert graph["evaluate@mbt2018-mean-0.05-kodak"] == ["datasets@kodak", "train@mbt2018-mean-0.05"]
-    items = flows.lambda_items(graph, TINY, [0.05])
+    items = flows.lambda_items(graph, validate_params(TINY), [0.05])
     # Every train item depends on the training set's masks (SegPIC's partitions).
     assert flows.upstream_closure(graph, items) == [
         "datasets@kodak", "masks@kodak", "train@mbt2018-mean-0.05", "evaluate@mbt2018-mean-0.05-kodak"]
@@ -117,21 +118,22 @@ def test_settings_items_and_their_errors(tmp_path, monkeypatch):
         "datasets@kodak", "anchors@kodak", "evaluate@mbt2018-mean-0.01-kodak",
         "evaluate@mbt2018-mean-0.05-kodak", "report@kodak"]
     with pytest.raises(ConfigError, match=r"lambda 0.02 is not in params.yaml lambdas \['0.01', '0.05'\]"):
-        flows.lambda_items(graph, TINY, [0.02])
+        flows.lambda_items(graph, validate_params(TINY), [0.02])
     with pytest.raises(ConfigError, match="no stage or stage item 'trian'"):
         flows.select(graph, ["trian"])
     assert flows.find_repo(repo / "src" / "licbench") == repo
 
     monkeypatch.delenv(flows.DASK_ADDRESS_ENV, raising=False)
-    settings = flows.flow_settings({"prefect": {"workers": 2, "dask_address": "tcp://a:1"}})
+    prefect = load_section(REPO / "params.yaml", "prefect", {"workers": 2, "dask_address": "tcp://a:1"})
+    settings = flows.flow_settings(prefect)
     assert settings["dask_address"] == "tcp://a:1"
     assert settings["threads_per_task"] == max(1, (os.cpu_count() or 1) // 2)
     monkeypatch.setenv(flows.DASK_ADDRESS_ENV, "tcp://b:2")
-    assert flows.flow_settings({"prefect": {"dask_address": "tcp://a:1"}})["dask_address"] == "tcp://b:2"
-    with pytest.raises(ConfigError, match="prefect.workers = 0: must be at least 1"):
-        flows.flow_settings({"prefect": {"workers": 0}})
-    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['retries'\]"):
-        flows.flow_settings({"prefect": {"retries": 2}})
+    assert flows.flow_settings(prefect)["dask_address"] == "tcp://b:2"
+    with pytest.raises(ConfigError, match="params.yaml: prefect.workers: 0 is out of range; an integer >= 1"):
+        load_section(REPO / "params.yaml", "prefect", {"workers": 0})
+    with pytest.raises(ConfigError, match="params.yaml: prefect.retries: unknown key; known keys: dask_address"):
+        load_section(REPO / "params.yaml", "prefect", {"retries": 2})
 
 
 # ---------------------------------------------------------------- flow runs
@@ -284,9 +286,10 @@ def test_transient_download_failure_is_retried(harness, tmp_path, monkeypatch):
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"datasets": {
         "foreach": ["flaky"], "do": {"cmd": "python fetch.py ${item}", "deps": ["fetch.py"],
                                      "outs": ["data/${item}"]}}}}))
-    (repo / "params.yaml").write_text(yaml.safe_dump(
-        {"mlflow": {"experiment": "licbench"},
-         "prefect": {"workers": 1, "download_retries": 2, "download_retry_delay_s": 1}}))
+    # The flow reads a whole params file (it checks it as the stages do).
+    (repo / "params.yaml").write_text(yaml.safe_dump(with_overrides(read_params_file(REPO / "params.yaml"), {
+        "mlflow": {"experiment": "licbench"},
+        "prefect": {"workers": 1, "download_retries": 2, "download_retry_delay_s": 1}}), sort_keys=False))
     (repo / ".gitignore").write_text("attempts.txt\nmlruns.db\nmlartifacts/\n")
     run(["git", "init", "-q"], repo)
     run([str(BIN / "dvc"), "init", "-q"], repo)

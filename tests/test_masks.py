@@ -14,12 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from licbench.config import MasksConfig, load_section, with_overrides
 from licbench.data.datasets import MANIFEST_SCHEMA, write_manifest
 from licbench.errors import CheckpointError, ChecksumError, ConfigError, DownloadError, MaskError
 from licbench.masks import (crop_flip, decode_rle, encode_rle, load_masks, partition_from_masks,
                             partition_from_rles)
 from licbench.masks.generate import label_map_masks, load_sam, make_segmenter, mask_record
 from licbench.masks.stage import generate_masks, run_masks_stage, select_images
+
+from conftest import REPO
 
 
 # --- helpers ---------------------------------------------------------------
@@ -80,9 +83,15 @@ def tiny_sam():
     ).eval()
 
 
+def masks_config(overrides: dict, splits=("train", "val")) -> MasksConfig:
+    """params.yaml's masks section with ``overrides``, for the set 'toy'."""
+    return load_section(REPO / "params.yaml", "masks",
+                        {"sets": {"toy": list(splits)}, "workers": 1, "overlays": 2, **overrides})
+
+
 SAM_CFG = {"generator": "sam", "device": "cpu", "fallback_when_unavailable": False,
            "sam": {"model_type": "vit_b", "points_per_side": 4, "points_per_batch": 16,
-                   "pred_iou_thresh": -10.0, "stability_score_thresh": 0.0,
+                   "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
                    "box_nms_thresh": 0.9, "min_region_area": 0}}
 
 
@@ -103,9 +112,8 @@ def toy_root(tmp_path_factory, mirror):
     return root
 
 
-def params_for(masks_cfg, splits=("train", "val")):
-    return {"masks": {"sets": {"toy": list(splits)}, "workers": 1, "overlays": 2, **masks_cfg},
-            "mlflow": {"experiment": "test-masks"}}
+def run_stage(cfg: MasksConfig, out, summary, root, mirror=None, **kwargs) -> dict:
+    return run_masks_stage(cfg, "toy", out, summary, root, mirror=mirror, experiment="test-masks", **kwargs)
 
 
 # --- RLE and partitions ----------------------------------------------------
@@ -190,7 +198,7 @@ def test_crop_and_flip_of_image_and_partition_stay_consistent(rng):
 # --- generators ------------------------------------------------------------
 
 def test_random_sam_yields_masks_through_the_stage_generator(rng):
-    segmenter = make_segmenter(SAM_CFG, model=tiny_sam())
+    segmenter = make_segmenter(masks_config(SAM_CFG), model=tiny_sam())
     image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
     masks = segmenter.segment(image)
     assert segmenter.name == "sam-vit_b" and len(masks) > 0
@@ -199,9 +207,9 @@ def test_random_sam_yields_masks_through_the_stage_generator(rng):
     for m in masks:
         assert decode_rle(m.counts, 40, 56).sum() == m.area
     # Deterministic: the same image and settings give the same masks.
-    again = make_segmenter(SAM_CFG, model=tiny_sam()).segment(image)
+    again = make_segmenter(masks_config(SAM_CFG), model=tiny_sam()).segment(image)
     assert [m.counts.tolist() for m in again] == [m.counts.tolist() for m in masks]
-    assert segmenter.digest == make_segmenter(SAM_CFG, model=tiny_sam()).digest
+    assert segmenter.digest == make_segmenter(masks_config(SAM_CFG), model=tiny_sam()).digest
     assert_partition(partition_from_rles([m.counts for m in masks], 40, 56), (40, 56))
 
 
@@ -216,8 +224,8 @@ def test_checkpoint_loads_through_the_stage_loader(tmp_path, rng):
     (mirror / "sam").mkdir(parents=True)
     (mirror / "sam" / "tiny_sam.pth").write_bytes(ckpt.read_bytes())
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    cfg = dict(SAM_CFG, sam=dict(SAM_CFG["sam"], checkpoint="https://example.invalid/tiny_sam.pth",
-                                 sha256=sha))
+    cfg = masks_config(with_overrides(SAM_CFG, {"sam": {"checkpoint": "https://example.invalid/tiny_sam.pth",
+                                                        "sha256": sha}}, MasksConfig))
     seg = make_segmenter(cfg, mirror=mirror, cache_dir=tmp_path / "cache", build=tiny_sam)
     assert (tmp_path / "cache" / "sam" / "tiny_sam.pth").is_file()
     assert seg.settings["weights_sha256"] == sha
@@ -240,7 +248,7 @@ def test_checkpoint_loads_through_the_stage_loader(tmp_path, rng):
 def test_missing_checkpoint_falls_back_only_when_allowed(tmp_path, caplog):
     empty_mirror = tmp_path / "mirror"
     empty_mirror.mkdir()
-    cfg = dict(SAM_CFG, fallback_when_unavailable=True)
+    cfg = masks_config(dict(SAM_CFG, fallback_when_unavailable=True))
     with caplog.at_level(logging.WARNING):
         seg = make_segmenter(cfg, mirror=empty_mirror, cache_dir=tmp_path / "cache")
     assert seg.name == "felzenszwalb" and seg.requested == "sam"
@@ -248,14 +256,14 @@ def test_missing_checkpoint_falls_back_only_when_allowed(tmp_path, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "fallback" in warnings[0].getMessage()
     with pytest.raises(DownloadError, match="fallback_when_unavailable"):
-        make_segmenter(SAM_CFG, mirror=empty_mirror, cache_dir=tmp_path / "cache")
+        make_segmenter(masks_config(SAM_CFG), mirror=empty_mirror, cache_dir=tmp_path / "cache")
 
 
 # --- the stage and the table ----------------------------------------------
 
 def test_stage_with_random_sam_writes_table_overlays_and_mlflow_run(toy_root, tmp_path):
     out, summary = tmp_path / "masks", tmp_path / "masks.json"
-    stats = run_masks_stage(params_for(SAM_CFG), "toy", out, summary, toy_root, model=tiny_sam())
+    stats = run_stage(masks_config(SAM_CFG), out, summary, toy_root, model=tiny_sam())
     assert stats["images"] == 3 and stats["masks_per_image"] > 0 and stats["fallback"] == 0
     assert json.loads(summary.read_text()) == stats
     table = load_masks(out, toy_root / "manifests" / "toy.parquet")
@@ -268,7 +276,7 @@ def test_stage_with_random_sam_writes_table_overlays_and_mlflow_run(toy_root, tm
     # The same masks whatever the order the images come in.
     manifest = pq.read_table(toy_root / "manifests" / "toy.parquet")
     images = select_images(manifest, ["train", "val"], toy_root, None)[::-1]
-    generate_masks(images, make_segmenter(SAM_CFG, model=tiny_sam()), tmp_path / "rev", {})
+    generate_masks(images, make_segmenter(masks_config(SAM_CFG), model=tiny_sam()), tmp_path / "rev", {})
     a, b = pq.read_table(out / "masks.parquet"), pq.read_table(tmp_path / "rev" / "masks.parquet")
     assert a.replace_schema_metadata(None).equals(b.replace_schema_metadata(None))
     with sqlite3.connect(tmp_path / "mlruns.db") as db:
@@ -282,7 +290,7 @@ def test_stage_with_random_sam_writes_table_overlays_and_mlflow_run(toy_root, tm
 def test_fallback_stage_resumes_and_does_not_depend_on_order_or_workers(toy_root, tmp_path, monkeypatch):
     from licbench.masks import stage
 
-    cfg = {"generator": "fallback", "fallback": {"scale": 50, "min_size": 20}}
+    cfg = masks_config({"generator": "fallback", "fallback": {"scale": 50, "min_size": 20}})
     out = tmp_path / "a"
     calls, interrupt_at = [], [2]
     real = stage.segment_one
@@ -295,12 +303,12 @@ def test_fallback_stage_resumes_and_does_not_depend_on_order_or_workers(toy_root
 
     monkeypatch.setattr(stage, "segment_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_masks_stage(params_for(cfg), "toy", out, tmp_path / "a.json", toy_root)
+        run_stage(cfg, out, tmp_path / "a.json", toy_root)
     assert not (out / "masks.parquet").exists() and not (tmp_path / "a.json").exists()
     assert len(list((out / "parts").rglob("*.parquet"))) == 1
     calls.clear()
     interrupt_at[0] = None
-    stats = run_masks_stage(params_for(cfg), "toy", out, tmp_path / "a.json", toy_root)
+    stats = run_stage(cfg, out, tmp_path / "a.json", toy_root)
     assert len(calls) == 2  # the finished image was not segmented again
     assert stats["covered_fraction"] == 1.0 and stats["fallback"] == 0
     monkeypatch.setattr(stage, "segment_one", real)
@@ -316,10 +324,10 @@ def test_fallback_stage_resumes_and_does_not_depend_on_order_or_workers(toy_root
     # Unchanged settings: nothing is made again; changed settings: every part.
     calls.clear()
     monkeypatch.setattr(stage, "segment_one", interrupted)
-    run_masks_stage(params_for(cfg), "toy", out, tmp_path / "a.json", toy_root)
+    run_stage(cfg, out, tmp_path / "a.json", toy_root)
     assert calls == []
-    cfg2 = {"generator": "fallback", "fallback": {"scale": 80, "min_size": 20}}
-    run_masks_stage(params_for(cfg2), "toy", out, tmp_path / "a.json", toy_root)
+    cfg2 = masks_config({"generator": "fallback", "fallback": {"scale": 80, "min_size": 20}})
+    run_stage(cfg2, out, tmp_path / "a.json", toy_root)
     assert len(calls) == 3
     assert load_masks(out).metadata["settings"]["scale"] == 80
 
@@ -329,8 +337,8 @@ def test_bad_input_gives_clear_errors(toy_root, tmp_path):
     # SAM asked for, offline (an empty mirror): the fallback runs and says so.
     (tmp_path / "mirror").mkdir()
     cfg = dict(SAM_CFG, fallback_when_unavailable=True, fallback={"scale": 50, "min_size": 20})
-    params = dict(params_for(cfg, splits=["train"]), datasets={"mirror": str(tmp_path / "mirror")})
-    stats = run_masks_stage(params, "toy", out, tmp_path / "s.json", toy_root)
+    stats = run_stage(masks_config(cfg, splits=["train"]), out, tmp_path / "s.json", toy_root,
+                      mirror=tmp_path / "mirror")
     manifest_path = toy_root / "manifests" / "toy.parquet"
     table = load_masks(out, manifest_path)
     assert stats["fallback"] == 1 and table.metadata["requested_generator"] == "sam"
@@ -351,5 +359,5 @@ def test_bad_input_gives_clear_errors(toy_root, tmp_path):
     (out / "masks.parquet").write_bytes(b"PAR1 damaged")
     with pytest.raises(MaskError, match="not a readable Parquet mask table"):
         load_masks(out)
-    with pytest.raises(ConfigError, match=r"split\(s\) \['nope'\] not in the manifest"):
-        run_masks_stage(params_for(cfg, splits=["nope"]), "toy", out, tmp_path / "s.json", toy_root)
+    with pytest.raises(ConfigError, match=r"params.yaml: masks.sets.toy: \['nope'\] not in the manifest"):
+        run_stage(masks_config(cfg, splits=["nope"]), out, tmp_path / "s.json", toy_root)

@@ -27,7 +27,7 @@ import pytest
 
 import test_report as toy
 from licbench.evaluate import log_evaluation
-from licbench.report.rd import build_report, log_report
+from licbench.report.rd import log_report
 
 CHROMIUM = os.environ.get("LICBENCH_CHROMIUM", "/usr/bin/chromium")
 # The flags a sandboxed, offline machine needs (no background connections).
@@ -64,9 +64,8 @@ def tracking_store(tmp_path, monkeypatch):
     for path in sorted((root / "metrics" / "kodak").glob("*.json")):
         summary = json.loads(path.read_text())
         runs[summary["model"]] = log_evaluation("licbench", summary, {"N": 8, "M": 8}, per_image)
-    params = {**toy.PARAMS, "mlflow": {"experiment": "licbench"}}
-    report = build_report(params, "kodak", tmp_path / "report", root)
-    runs["report-kodak"] = log_report(report, params)
+    report = toy.report_of(root, tmp_path / "report")
+    runs["report-kodak"] = log_report(report, toy.REPORT, "licbench")
     child = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{runs['report-kodak']}'",
                                search_all_experiments=True, output_format="list")[0]
     runs["report-kodak-toy"] = child.info.run_id

@@ -12,16 +12,18 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import copy_repo
+from conftest import REPO, copy_repo
+from licbench.config import read_params_file, with_overrides
 
-TINY = {
+# Tiny settings: params.yaml with these overrides (a complete params file).
+TINY = with_overrides(read_params_file(REPO / "params.yaml"), {
     "datasets": {"sets": ["kodak"], "mirror": None},
     "archs": ["mbt2018-mean"],
     "lambdas": [0.01, 0.05],
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
     "train": {"dataset": "kodak", "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
-              "log_every": 1},
+              "log_every": 1, "lr_schedule": "none", "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
     "anchors": {"codecs": {"jpeg": [20, 80], "vtm": [32]}, "binaries": {}, "workers": 2,
                 "max_images": 2},
@@ -30,7 +32,7 @@ TINY = {
               "device": "cpu", "workers": 1, "max_images": 2, "overlays": 1,
               "sam": {"model_type": "vit_b"}, "fallback": {"downscale": 2}},
     "mlflow": {"experiment": "licbench"},
-}
+})
 
 
 def run(cmd, cwd, env):
@@ -103,6 +105,17 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     assert "Running stage" not in out
     assert ckpt.stat().st_mtime_ns == mtime
 
+    # 2b. Editing train.log_every changes no output: DVC sees no stage as
+    # changed. Editing train.lr does change them (the params are tracked key by key).
+    def status(params) -> dict:
+        (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return json.loads(run(dvc + ["status", "--json"], repo_copy, env))
+
+    assert status(with_overrides(TINY, {"train": {"log_every": 2}})) == {}
+    changed = status(with_overrides(TINY, {"train": {"lr": 0.002}}))
+    assert sorted(changed) == ["train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05"]
+    assert changed["train@mbt2018-mean-0.01"] == [{"changed deps": {"params.yaml": {"train.lr": "modified"}}}]
+
     # 3. Changing one lambda reruns only that lambda's train and evaluate; here
     # through the Prefect flow, which must leave the same DVC state.
     TINY_CHANGED = dict(TINY, lambdas=[0.01, 0.02])
@@ -131,3 +144,16 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     torch.save(state, state_path)
     out = run(dvc + ["repro", "--force", "--single-item", "train@mbt2018-mean-0.01"], repo_copy, env)
     assert "resuming mbt2018-mean-0.01 from step 3" in out
+
+    # 5. One lambda: the pipeline completes; the report draws its point and
+    # says in one line why there is no BD-rate.
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(dict(TINY, lambdas=[0.01]), sort_keys=False))
+    out = run(dvc + ["repro"], repo_copy, env)
+    assert "Running stage 'report@kodak'" in out
+    assert "mbt2018-mean [trained here]: 1 point; BD-rate needs at least 2 points" in out  # the log
+    said = [line for line in (repo_copy / "data/report/kodak/bd_rate.md").read_text().splitlines()
+            if "needs at least 2 points" in line]
+    assert len(said) == 1 and said[0].startswith("mbt2018-mean [trained here]: 1 point;")
+    points = json.loads((repo_copy / "data/report/kodak/rd_points.json").read_text())
+    assert len([p for p in points if p["kind"] == "trained"]) == 1
+    assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}

@@ -1,18 +1,23 @@
 """The report stage on constructed evaluation summaries and anchor curves."""
 
 import json
+import logging
 import math
+import typing
 
 import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
-from licbench.errors import ConfigError, LicbenchError
+from licbench.config import load_params, load_section
+from licbench.errors import LicbenchError, ParamsError
 from licbench.report import published
-from licbench.report.bdrate import bd_quality, bd_rate
+from licbench.report.bdrate import METHODS, bd_quality, bd_rate
 from licbench.report.rd import build_report, log_report
 from licbench.tracking import TAG_WEIGHTS, use_experiment
+
+from conftest import REPO
 
 LAMBDAS = [0.0018, 0.0035, 0.0067, 0.013]
 # A made-up codec: PSNR = 10 log10(bpp) + 33, MS-SSIM following it.
@@ -51,8 +56,14 @@ def write_anchors(root, codecs):
     (folder / "curves.json").write_text(json.dumps(out))
 
 
-PARAMS = {"archs": ["toy"], "lambdas": LAMBDAS, "mlflow": {"experiment": "test"},
-          "report": {"method": "pchip", "published": ["vtm"]}}
+REPORT = load_section(REPO / "params.yaml", "report", {"method": "pchip", "published": ["vtm"]})
+
+
+def report_of(root, out, cfg=REPORT, lambdas=LAMBDAS, **overrides):
+    """The report of the model 'toy' at ``lambdas``, ``cfg`` with ``overrides``."""
+    if overrides:
+        cfg = load_section(REPO / "params.yaml", "report", {**cfg.model_dump(), **overrides})
+    return build_report(cfg, "kodak", out, root, archs=["toy"], lambdas=lambdas)
 
 
 @pytest.fixture
@@ -65,7 +76,7 @@ def data_root(tmp_path):
 
 
 def test_known_answer_and_table(data_root, tmp_path):
-    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    report = report_of(data_root, tmp_path / "out")
     cell = report.table["toy"]["jpeg"]
     for method in ("pchip", "cubic"):
         # Rate scaled by 0.8 at equal quality: BD-rate is exactly -20 %.
@@ -88,7 +99,7 @@ def test_known_answer_and_table(data_root, tmp_path):
 
 
 def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
-    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    report = report_of(data_root, tmp_path / "out")
     vtm = published.load("kodak", "vtm")["results"]
     model = next(c for c in report.curves if c.id == "toy")
     cell = report.table["toy"]["published_vtm"]["psnr"]
@@ -104,7 +115,7 @@ def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
 def test_plots_and_compressai_json(data_root, tmp_path):
     from compressai.utils.plot.__main__ import parse_json_file
 
-    build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+    report_of(data_root, tmp_path / "out")
     for name in ("rd_psnr.png", "rd_ms_ssim.png"):
         with Image.open(tmp_path / "out" / name) as im:
             assert im.format == "PNG" and im.size[0] > 600
@@ -123,29 +134,56 @@ def test_three_lambdas_warn_in_the_table(tmp_path):
     root = tmp_path / "data"
     write_summaries(root, "toy", BPP[:3], shift=-1, lambdas=LAMBDAS[:3])
     write_anchors(root, {"jpeg": BPP})
-    params = {**PARAMS, "lambdas": LAMBDAS[:3], "report": {"published": []}}
-    report = build_report(params, "kodak", tmp_path / "out", root)
+    report = report_of(root, tmp_path / "out", lambdas=LAMBDAS[:3], published=[])
     cell = report.table["toy"]["jpeg"]["psnr"]
     assert cell["bd_rate_pchip"] > 0
     assert any(w.startswith("PSNR: ") and "3 points" in w for w in cell["warnings"])
     assert "## Warnings" in report.markdown
 
 
+def test_one_lambda_draws_its_point_and_says_in_one_line_why_no_bd_rate(tmp_path, caplog):
+    root = tmp_path / "data"
+    write_summaries(root, "toy", BPP[:1], lambdas=LAMBDAS[:1])
+    write_anchors(root, {"jpeg": BPP})
+    with caplog.at_level(logging.WARNING, logger="licbench.report.rd"):
+        report = report_of(root, tmp_path / "out", lambdas=LAMBDAS[:1], published=[])
+    for quality in ("psnr", "ms_ssim"):
+        cell = report.table["toy"]["jpeg"][quality]
+        assert cell["bd_rate_pchip"] is None and cell["bd_rate_cubic"] is None
+        assert cell["note"].startswith("the test curve has 1 point: BD-rate needs at least 2 points")
+    said = [line for line in report.markdown.splitlines() if "needs at least 2 points" in line]
+    assert said == ["toy [trained here]: 1 point; BD-rate needs at least 2 points per curve, and 4 are "
+                    "the norm (VCEG-M33's cubic fit passes through 4 rate points, as the common test "
+                    "conditions code); its BD values are n/a, its points are in the plots."]
+    assert "| jpeg [this run] | n/a | n/a | n/a | n/a |" in report.markdown
+    logged = [r.getMessage() for r in caplog.records if "needs at least 2 points" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith("report kodak: toy [trained here]: 1 point")
+    points = json.loads((tmp_path / "out" / "rd_points.json").read_text())
+    assert [p["bpp"] for p in points if p["kind"] == "trained"] == [BPP[0]]
+    assert (tmp_path / "out" / "rd_psnr.png").is_file()
+
+
+def test_the_schema_offers_the_fits_bdrate_has():
+    from licbench.config import ReportConfig
+
+    assert set(typing.get_args(ReportConfig.model_fields["method"].annotation)) == set(METHODS)
+
+
 def test_missing_evaluation_is_named(data_root, tmp_path):
-    params = {**PARAMS, "lambdas": LAMBDAS + [0.05]}
     with pytest.raises(LicbenchError, match=r"metrics/kodak: no evaluation of toy at lambda \[0.05\]"):
-        build_report(params, "kodak", tmp_path / "out", data_root)
+        report_of(data_root, tmp_path / "out", lambdas=LAMBDAS + [0.05])
     (data_root / "metrics" / "kodak" / "broken.json").write_text("{")
     with pytest.raises(LicbenchError, match=r"broken.json: not an evaluate summary"):
-        build_report(PARAMS, "kodak", tmp_path / "out", data_root)
+        report_of(data_root, tmp_path / "out")
 
 
 def test_unknown_published_curve_lists_the_known(data_root, tmp_path):
-    params = {**PARAMS, "report": {"published": ["vvc-17"]}}
-    with pytest.raises(ConfigError, match=r"no published curve 'vvc-17' for kodak; available: .*'vtm'"):
-        build_report(params, "kodak", tmp_path / "out", data_root)
-    with pytest.raises(ConfigError, match="report.method"):
-        build_report({**PARAMS, "report": {"method": "linear"}}, "kodak", tmp_path / "o", data_root)
+    with pytest.raises(ParamsError, match=r"params.yaml: report.published\[0\]: no published curve "
+                                          r"'vvc-17' for kodak; one of av1, bpg, .*vtm"):
+        load_params(REPO / "params.yaml", {"report": {"published": ["vvc-17"]}},
+                    published=published.available)
+    with pytest.raises(ParamsError, match="params.yaml: report.method: 'linear' is not allowed; one of pchip, cubic"):
+        load_section(REPO / "params.yaml", "report", {"method": "linear"})
 
 
 def test_published_curves_carry_source_and_licence():
@@ -166,8 +204,8 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     # Only the third lambda's model has a run: the link must name that lambda.
     with mlflow.start_run(run_name="toy-0.0067") as model_run:
         mlflow.set_tag(TAG_WEIGHTS, "toy-2".ljust(64, "0"))
-    report = build_report(PARAMS, "kodak", tmp_path / "out", data_root)
-    parent_id = log_report(report, PARAMS)
+    report = report_of(data_root, tmp_path / "out")
+    parent_id = log_report(report, REPORT, "test")
     client = mlflow.MlflowClient()
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == 1
@@ -191,7 +229,7 @@ def test_saturating_model_gets_no_bd_rate_but_a_bd_psnr(tmp_path):
     top["psnr"] = below["psnr"] - 0.05
     (folder / f"toy-{LAMBDAS[-1]}.json").write_text(json.dumps(top))
     write_anchors(root, {"jpeg": BPP})
-    report = build_report({**PARAMS, "report": {"published": []}}, "kodak", tmp_path / "out", root)
+    report = report_of(root, tmp_path / "out", published=[])
     cell = report.table["toy"]["jpeg"]["psnr"]
     assert cell["bd_rate_pchip"] is None and cell["bd_rate_cubic"] is None
     assert cell["bd_psnr_pchip"] > 0

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor
 from licbench.coding.container import decode_container, encode_container
@@ -21,7 +20,8 @@ from licbench.models import build_model, load_checkpoint, save_checkpoint
 from licbench.models.segpic import (
     SegPIC, expand_prototypes, grid_map, grid_regions, mask_regions, masked_average_pool,
 )
-from licbench.train import TrainConfig, train_model, training_digest
+from licbench.config import load_params, train_config
+from licbench.train import train_model, training_digest
 
 from conftest import REPO
 
@@ -264,7 +264,8 @@ def tiny_set(n=2, seed=0):
 @pytest.mark.parametrize("use_mask", [1, 0])
 def test_training_with_masks_and_with_the_grid(use_mask, tmp_path):
     images, partitions = tiny_set()
-    cfg = TrainConfig(steps=2, batch_size=2, crop=64, lr=1e-3, seed=0, device="cpu", log_every=1)
+    cfg = train_config(REPO / "params.yaml", steps=2, batch_size=2, crop=64, lr=1e-3, seed=0,
+                       device="cpu", log_every=1, lr_schedule="none", val_split=None)
     config = dict(TINY, use_mask=use_mask)
     summary = train_model("segpic", config, 0.01, cfg, images, tmp_path / "c.pt",
                           partitions=partitions if use_mask else None)
@@ -278,7 +279,7 @@ def test_training_with_masks_and_with_the_grid(use_mask, tmp_path):
 
 def test_the_resume_digest_covers_the_partitions():
     images, partitions = tiny_set()
-    cfg = TrainConfig(steps=2, batch_size=2, crop=64)
+    cfg = train_config(REPO / "params.yaml", steps=2, batch_size=2, crop=64, val_split=None)
     other = [p.copy() for p in partitions]
     other[1][0, 0] = 9
     digests = {training_digest("segpic", TINY, 0.01, cfg, images, None, p)
@@ -296,26 +297,27 @@ def test_missing_masks_are_named(mirror, tmp_path):
 
     root = tmp_path / "data"  # the images, but no masks stage output
     prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
-    params = {"architectures": {"segpic": TINY},
-              "train": {"dataset": "kodak", "split": "test", "steps": 1, "batch_size": 2, "crop": 64,
-                        "device": "cpu"}}
+    params = load_params(REPO / "params.yaml", {
+        "datasets": {"sets": ["kodak"]}, "archs": ["segpic"], "architectures": {"segpic": TINY},
+        "train": {"dataset": "kodak", "split": "test", "steps": 1, "batch_size": 2, "crop": 64,
+                  "device": "cpu", "val_split": None},
+        "evaluate": {"datasets": ["kodak"]}, "masks": {"sets": {"kodak": ["test"]}}})
     with pytest.raises(MaskError, match=r"masks[/\\]kodak[/\\]masks.parquet: mask table not found"):
-        run_train_stage(params, "segpic", 0.01, tmp_path / "c.pt", tmp_path / "t.json", root)
+        run_train_stage(params.train, "segpic", TINY, 0.01, tmp_path / "c.pt", tmp_path / "t.json", root,
+                        experiment="test")
     assert not (tmp_path / "c.pt").exists()
 
 
 def test_quick_and_paper_settings_are_valid():
-    from licbench.train import architecture_config
-
-    quick = yaml.safe_load((REPO / "params.yaml").read_text())
-    build_model("segpic", architecture_config(quick, "segpic", 0.01))
-    assert "segpic" not in quick["archs"]
-    paper = yaml.safe_load((REPO / "configs" / "paper-segpic.yaml").read_text())
-    cfg = TrainConfig.from_params(paper["train"])
+    quick = load_params(REPO / "params.yaml")
+    build_model("segpic", quick.architecture("segpic", 0.01))
+    assert "segpic" not in quick.archs
+    paper = load_params(REPO / "configs" / "paper-segpic.yaml")
+    cfg = paper.train
     assert (cfg.crop, cfg.batch_size, cfg.lr) == (256, 32, 1e-4)
     assert (cfg.lr_schedule, cfg.lr_factor, cfg.lr_patience) == ("plateau", 0.5, 16)
-    assert all(architecture_config(paper, "segpic", lmbda) == {"N": 192, "M": 320, "grid": 4, "use_mask": 1}
-               for lmbda in paper["lambdas"])
-    assert cfg.split in paper["masks"]["sets"][cfg.dataset]  # the train stage reads these masks
+    assert all(paper.architecture("segpic", lmbda) == {"N": 192, "M": 320, "grid": 4, "use_mask": 1}
+               for lmbda in paper.lambdas)
+    assert cfg.split in paper.masks.sets[cfg.dataset]  # the train stage reads these masks
     published = json.loads((REPO / "src/licbench/report/published/kodak/segpic.json").read_text())
-    assert len(published["results"]["bpp"]) == len(paper["lambdas"]) == 6
+    assert len(published["results"]["bpp"]) == len(paper.lambdas) == 6

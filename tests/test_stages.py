@@ -14,23 +14,34 @@ from licbench.coding.codec import decompress_image
 from licbench.coding.container import read_bitstream
 from licbench.metrics import bpp_from_bytes, ms_ssim, psnr
 from licbench.models import load_checkpoint
-from licbench.train import TrainConfig, run_train_stage, train_model
+from licbench.config import load_params, train_config, with_overrides
+from licbench.errors import ParamsError
+from licbench.train import run_train_stage, train_model
 
-PARAMS = {
+from conftest import REPO
+
+TINY = {
     "datasets": {"sets": ["kodak"]},
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
     "train": {"dataset": "kodak", "split": "test", "steps": 4, "batch_size": 2, "crop": 64,
-              "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 2},
-    "evaluate": {"device": "cpu", "max_images": 2},
+              "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 2, "lr_schedule": "none",
+              "val_split": None},
+    "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
+    "masks": {"sets": {"kodak": ["test"]}},
     "mlflow": {"experiment": "test"},
 }
+PARAMS = load_params(REPO / "params.yaml", TINY)
+
+
+def train_stage(params, ckpt_path, summary_path, data_root, arch="mbt2018-mean", lmbda=0.01):
+    return run_train_stage(params.train, arch, params.architecture(arch, lmbda), lmbda, ckpt_path,
+                           summary_path, data_root, experiment=params.mlflow.experiment)
 
 
 @pytest.fixture
 def trained(data_root, tmp_path):
     ckpt_path = tmp_path / "models" / "m" / "checkpoint.pt"
-    summary = run_train_stage(PARAMS, "mbt2018-mean", 0.01, ckpt_path,
-                              tmp_path / "models" / "m" / "train.json", data_root)
+    summary = train_stage(PARAMS, ckpt_path, tmp_path / "models" / "m" / "train.json", data_root)
     return ckpt_path, summary
 
 
@@ -51,7 +62,8 @@ def test_train_stage_writes_a_codec_ready_checkpoint(trained, tmp_path):
 
 def test_training_is_repeatable_with_a_seed(data_root, tmp_path):
     images = [load_rgb8(data_root / "kodak" / f"kodim0{i}.png").array for i in (1, 2)]
-    cfg = TrainConfig(steps=3, batch_size=2, crop=64, seed=5, device="cpu", lr=1e-3)
+    cfg = train_config(REPO / "params.yaml", steps=3, batch_size=2, crop=64, seed=5, device="cpu",
+                       lr=1e-3, lr_schedule="none", val_split=None)
     a = train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, images, tmp_path / "a.pt")
     b = train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, images, tmp_path / "b.pt")
     assert a["weights_sha256"] == b["weights_sha256"]
@@ -61,7 +73,8 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
     ckpt_path, train_summary = trained
     ckpt = load_checkpoint(ckpt_path)
     out = tmp_path / "eval"
-    summary = run_evaluate_stage(PARAMS, ckpt_path, "kodak", out, tmp_path / "metrics.json", data_root)
+    summary = run_evaluate_stage(PARAMS.evaluate, ckpt_path, "kodak", out, tmp_path / "metrics.json",
+                                 data_root, experiment="test")
     rows = pq.read_table(out / "per_image.parquet").to_pylist()
     assert [r["image"] for r in rows] == ["kodak/kodim01.png", "kodak/kodim02.png"]
     for r in rows:
@@ -90,36 +103,24 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
 
 
 def test_architecture_config_applies_the_lambda_override():
-    from licbench.train import architecture_config
-
-    params = {"architectures": {"mbt2018-mean": {
-        "N": 128, "M": 192, "by_lambda": {0.025: {"N": 192, "M": 320}}}}}
-    assert architecture_config(params, "mbt2018-mean", 0.0130) == {"N": 128, "M": 192}
-    assert architecture_config(params, "mbt2018-mean", 0.025) == {"N": 192, "M": 320}
-    with pytest.raises(Exception, match="no settings for 'mbt2018'"):
-        architecture_config(params, "mbt2018", 0.01)
+    params = load_params(REPO / "params.yaml", {"architectures": {
+        "mbt2018-mean": {"N": 128, "M": 192, "by_lambda": {0.025: {"N": 192, "M": 320}}}}})
+    assert params.architecture("mbt2018-mean", 0.0130) == {"N": 128, "M": 192}
+    assert params.architecture("mbt2018-mean", 0.025) == {"N": 192, "M": 320}
+    with pytest.raises(ParamsError, match="params.yaml: architectures.mbt2018: missing"):
+        params.architecture("mbt2018", 0.01)
 
 
 def test_bad_train_settings_are_named(data_root, tmp_path):
-    from licbench.errors import ConfigError
-
-    bad = dict(PARAMS, train=dict(PARAMS["train"], crop=96))
-    with pytest.raises(ConfigError, match="train.crop = 96: mbt2018-mean needs crops that are a multiple of 64"):
-        run_train_stage(bad, "mbt2018-mean", 0.01, tmp_path / "c.pt", tmp_path / "t.json", data_root)
-    bad = dict(PARAMS, train=dict(PARAMS["train"], stepz=3))
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stepz'\]"):
-        run_train_stage(bad, "mbt2018-mean", 0.01, tmp_path / "c.pt", tmp_path / "t.json", data_root)
-    assert not (tmp_path / "c.pt").exists()
+    bad = load_params(REPO / "params.yaml", with_overrides(TINY, {"train": {"crop": 96}}))
+    with pytest.raises(ParamsError, match="params.yaml: train.crop: 96 is not a multiple of 64; "
+                                          "mbt2018-mean needs a multiple of 64"):
+        train_stage(bad, tmp_path / "c.pt", tmp_path / "t.json", data_root)
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "mlruns.db").exists()
 
 
 def test_paper_config_is_valid():
-    import yaml
-
-    from conftest import REPO
-    from licbench.train import architecture_config
-
-    params = yaml.safe_load((REPO / "configs" / "paper-mbt2018-mean.yaml").read_text())
-    cfg = TrainConfig.from_params(params["train"])
-    assert (cfg.crop, cfg.batch_size, cfg.lr) == (256, 16, 1e-4)
-    sizes = [tuple(architecture_config(params, "mbt2018-mean", l).values()) for l in params["lambdas"]]
+    params = load_params(REPO / "configs" / "paper-mbt2018-mean.yaml")
+    assert (params.train.crop, params.train.batch_size, params.train.lr) == (256, 16, 1e-4)
+    sizes = [tuple(params.architecture("mbt2018-mean", l).values()) for l in params.lambdas]
     assert sizes == [(128, 192)] * 4 + [(192, 320)] * 4

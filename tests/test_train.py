@@ -17,12 +17,13 @@ import torch
 
 import licbench.train as train
 from licbench.data.crops import RandomCrops
-from licbench.errors import ConfigError, TrainingError
+from licbench.config import TrainConfig, train_config, with_overrides
+from licbench.errors import ParamsError, TrainingError
 from licbench.models import load_checkpoint
-from licbench.train import TrainConfig, train_model
+from licbench.train import train_model
 
 from conftest import REPO
-from train_worker import tiny_images
+from train_worker import stage, tiny_images
 
 WORKER = Path(__file__).with_name("train_worker.py")
 ARCH, ARCH_CONFIG, LMBDA = "mbt2018-mean", {"N": 16, "M": 24}, 0.01
@@ -30,6 +31,10 @@ ARCH, ARCH_CONFIG, LMBDA = "mbt2018-mean", {"N": 16, "M": 24}, 0.01
 SETTINGS = dict(steps=8, batch_size=2, crop=64, lr=1e-3, seed=3, device="cpu", log_every=2,
                 checkpoint_every=3, val_split="val", val_images=2, val_crop=64, val_every=3,
                 lr_schedule="plateau", lr_patience=0)
+
+
+def config(**settings) -> TrainConfig:
+    return train_config(REPO / "params.yaml", **settings)
 
 
 def worker_env(settings: dict) -> dict:
@@ -76,7 +81,7 @@ def assert_same_run(dir_a: Path, dir_b: Path):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    summary = run(out, TrainConfig(**SETTINGS))
+    summary = run(out, config(**SETTINGS))
     return out, summary
 
 
@@ -101,7 +106,7 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(uninterrupted
     assert (state["step"], state["finished"]) == (3, False)
     assert not (out / "checkpoint.pt").exists()
 
-    summary = run(out, TrainConfig(**SETTINGS))
+    summary = run(out, config(**SETTINGS))
     assert summary["resumed_from"] == 3 and summary["steps"] == 8
     ref_dir, ref = uninterrupted
     assert summary["last_weights_sha256"] == ref["last_weights_sha256"]
@@ -113,7 +118,7 @@ def test_interrupted_run_with_step_decay_and_bf16_resumes_exactly(tmp_path, monk
     settings = dict(SETTINGS, lr_schedule="step", lr_milestones=[3], lr_factor=0.5, amp="bf16", steps=6,
                     checkpoint_every=2)
     logged = []
-    reference = run(tmp_path / "a", TrainConfig(**settings), log_metrics=lambda m, s: logged.append((s, m)))
+    reference = run(tmp_path / "a", config(**settings), log_metrics=lambda m, s: logged.append((s, m)))
     lrs = {s: m["train/lr"] for s, m in logged if "train/lr" in m}
     assert lrs == {2: 1e-3, 4: 5e-4, 6: 5e-4}
 
@@ -127,9 +132,9 @@ def test_interrupted_run_with_step_decay_and_bf16_resumes_exactly(tmp_path, monk
 
     monkeypatch.setattr(RandomCrops, "batch", interrupt_at_step_5)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", TrainConfig(**settings))
+        run(tmp_path / "b", config(**settings))
     monkeypatch.setattr(RandomCrops, "batch", batch)
-    summary = run(tmp_path / "b", TrainConfig(**settings))
+    summary = run(tmp_path / "b", config(**settings))
     assert summary["resumed_from"] == 4
     assert summary["last_weights_sha256"] == reference["last_weights_sha256"]
     assert_same_run(tmp_path / "a", tmp_path / "b")
@@ -139,7 +144,7 @@ def test_a_state_of_other_settings_or_a_finished_run_is_not_resumed(uninterrupte
     ref_dir, ref = uninterrupted
     (tmp_path / "state.pt").write_bytes((ref_dir / "state.pt").read_bytes())
     with caplog.at_level(logging.INFO, logger="licbench.train"):
-        summary = run(tmp_path, TrainConfig(**SETTINGS))
+        summary = run(tmp_path, config(**SETTINGS))
     assert "a finished run (step 8); training from the start" in caplog.text
     assert summary["resumed_from"] is None
     assert summary["last_weights_sha256"] == ref["last_weights_sha256"]
@@ -149,7 +154,7 @@ def test_a_state_of_other_settings_or_a_finished_run_is_not_resumed(uninterrupte
     torch.save(state, tmp_path / "state.pt")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="licbench.train"):
-        summary = run(tmp_path, TrainConfig(**dict(SETTINGS, lr=2e-3, steps=4)))
+        summary = run(tmp_path, config(**dict(SETTINGS, lr=2e-3, steps=4)))
     assert "saved under other settings or data (step 8); ignoring it" in caplog.text
     assert summary["resumed_from"] is None and summary["steps"] == 4
 
@@ -164,7 +169,7 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
 
     monkeypatch.setattr(RandomCrops, "batch", nan_at_step_6)
     with pytest.raises(TrainingError, match=r"loss is nan at step 6 \(bpp .*, mse nan\); the last good state"):
-        run(tmp_path, TrainConfig(**SETTINGS))
+        run(tmp_path, config(**SETTINGS))
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["step"] == 3 and not state["finished"]
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -173,9 +178,11 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
 
 def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     # lr 0: the validation loss never improves after the first validation.
-    settings = dict(SETTINGS, lr=0.0, aux_lr=0.0, steps=40, val_every=1, early_stopping=2, lr_factor=0.5)
+    # params.yaml refuses it (a training that trains nothing); here it is the point.
+    settings = dict(SETTINGS, steps=40, val_every=1, early_stopping=2, lr_factor=0.5)
+    frozen = config(**settings).model_copy(update={"lr": 0.0, "aux_lr": 0.0})
     logged = []
-    summary = run(tmp_path, TrainConfig(**settings), log_metrics=lambda m, s: logged.append((s, m)))
+    summary = run(tmp_path, frozen, log_metrics=lambda m, s: logged.append((s, m)))
     assert (summary["steps"], summary["stopped_early"], summary["best_step"]) == (3, True, 1)
     vals = [s for s, m in logged if "val/loss" in m]
     assert vals == [1, 2, 3]
@@ -188,8 +195,9 @@ def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     # threshold (1e-4 relative): it halves the rate after each later
     # validation (the log at step s shows the rate before the validation at s).
     logged.clear()
-    settings = dict(SETTINGS, lr=1e-6, aux_lr=0.0, steps=4, val_every=1, lr_factor=0.5, log_every=1)
-    summary = run(tmp_path / "b", TrainConfig(**settings), log_metrics=lambda m, s: logged.append((s, m)))
+    settings = dict(SETTINGS, lr=1e-6, steps=4, val_every=1, lr_factor=0.5, log_every=1)
+    summary = run(tmp_path / "b", config(**settings).model_copy(update={"aux_lr": 0.0}),
+                  log_metrics=lambda m, s: logged.append((s, m)))
     lrs = [m["train/lr"] for s, m in logged if "train/lr" in m]
     assert lrs == [1e-6, 1e-6, 5e-7, 2.5e-7]
     best = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["best_model"]
@@ -199,17 +207,12 @@ def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     assert torch.equal(ckpt.model.state_dict()["g_a.0.weight"], best["g_a.0.weight"])
 
 
-def test_bad_settings_are_refused():
-    with pytest.raises(ConfigError, match="lr_schedule: 'cosine' is not one of"):
-        TrainConfig.from_params(dict(steps=1, batch_size=1, crop=64, lr_schedule="cosine"))
-    with pytest.raises(ConfigError, match="amp: 'fp8' is not one of"):
-        TrainConfig.from_params(dict(steps=1, batch_size=1, crop=64, amp="fp8"))
-    with pytest.raises(ConfigError, match="'plateau' and early_stopping need a val_split"):
-        TrainConfig.from_params(dict(steps=1, batch_size=1, crop=64, lr_schedule="plateau"))
-    with pytest.raises(ConfigError, match="val_crop = 96: mbt2018-mean needs crops that are a multiple of 64"):
-        run(Path("/nonexistent"), TrainConfig(**dict(SETTINGS, val_crop=96)))
-    with pytest.raises(ConfigError, match="amp = fp16 needs CUDA"):
-        run(Path("/nonexistent"), TrainConfig(**dict(SETTINGS, amp="fp16")))
+def test_settings_refused_once_the_model_is_known():
+    with pytest.raises(ParamsError, match="params.yaml: train.val_crop: 96 is not a multiple of 64; "
+                                          "mbt2018-mean needs a multiple of 64"):
+        run(Path("/nonexistent"), config(**dict(SETTINGS, val_crop=96)))
+    with pytest.raises(ParamsError, match="params.yaml: train.amp: 'fp16' needs CUDA; none or bf16"):
+        run(Path("/nonexistent"), config(**dict(SETTINGS, amp="fp16")))
 
 
 @pytest.fixture(scope="module")
@@ -223,10 +226,13 @@ def kodak_root(mirror, tmp_path_factory):
 
 
 STAGE_PARAMS = {
+    "datasets": {"sets": ["kodak"]},
     "architectures": {ARCH: ARCH_CONFIG},
     "train": {"dataset": "kodak", "split": "test", "steps": 4, "batch_size": 2, "crop": 64, "lr": 1e-3,
               "seed": 0, "device": "cpu", "log_every": 1, "checkpoint_every": 2, "val_split": "test",
-              "val_images": 2, "val_crop": 64, "val_every": 2},
+              "val_images": 2, "val_crop": 64, "val_every": 2, "lr_schedule": "none"},
+    "evaluate": {"datasets": ["kodak"]},
+    "masks": {"sets": {"kodak": ["test"]}},
     "mlflow": {"experiment": "test"},
 }
 
@@ -243,9 +249,9 @@ def test_a_resumed_stage_continues_its_mlflow_run(kodak_root, tmp_path, monkeypa
     paths = [tmp_path / "checkpoint.pt", tmp_path / "train.json", kodak_root, tmp_path / "state.pt"]
     monkeypatch.setattr(RandomCrops, "batch", interrupt_at_step_4)
     with pytest.raises(KeyboardInterrupt):
-        train.run_train_stage(STAGE_PARAMS, ARCH, LMBDA, *paths)
+        stage(STAGE_PARAMS, *paths)
     monkeypatch.setattr(RandomCrops, "batch", batch)
-    summary = train.run_train_stage(STAGE_PARAMS, ARCH, LMBDA, *paths)
+    summary = stage(STAGE_PARAMS, *paths)
     assert summary["resumed_from"] == 2
     [run_] = mlflow.search_runs(experiment_names=["test"], output_format="list")
     assert run_.info.status == "FINISHED" and run_.data.tags["licbench.resumed_at_step"] == "2"
@@ -261,7 +267,7 @@ def test_a_resumed_stage_continues_its_mlflow_run(kodak_root, tmp_path, monkeypa
 
 
 def test_ddp_on_two_cpu_processes(kodak_root, tmp_path):
-    params = dict(STAGE_PARAMS, train=dict(STAGE_PARAMS["train"], steps=3, batch_size=4))
+    params = with_overrides(STAGE_PARAMS, {"train": {"steps": 3, "batch_size": 4}})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(WORKER), "ddp", str(tmp_path), str(kodak_root)]
     proc = subprocess.run(cmd, env=worker_env(params), capture_output=True, text=True, timeout=240)

@@ -11,6 +11,7 @@ import yaml
 from licbench.models import ARCHITECTURES
 
 from conftest import copy_repo
+from licbench.config import with_overrides
 from test_pipeline import TINY
 
 SIZES = {"bmshj2018-factorized": {"N": 16, "M": 24}, "bmshj2018-hyperprior": {"N": 16, "M": 24},
@@ -19,15 +20,14 @@ SIZES = {"bmshj2018-factorized": {"N": 16, "M": 24}, "bmshj2018-hyperprior": {"N
          "charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
          "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
 
-PARAMS = dict(
-    TINY,
-    archs=sorted(ARCHITECTURES),
-    lambdas=[0.01],
-    architectures=SIZES,
-    train=dict(TINY["train"], steps=2),
-    evaluate=dict(TINY["evaluate"], max_images=1),
-    masks=dict(TINY["masks"], max_images=None, overlays=0, fallback={"downscale": 4}),
-)
+PARAMS = with_overrides(TINY, {
+    "archs": sorted(ARCHITECTURES),
+    "lambdas": [0.01],
+    "architectures": SIZES,
+    "train": {"steps": 2},
+    "evaluate": {"max_images": 1},
+    "masks": {"max_images": None, "overlays": 0, "fallback": {"downscale": 4}},
+})
 
 
 def test_the_registry_is_covered():

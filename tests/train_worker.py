@@ -15,7 +15,10 @@ from pathlib import Path
 import torch
 
 import licbench.train as train
+from licbench.config import load_params, train_config
 from licbench.data.crops import RandomCrops
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_images(n: int, seed: int = 0):
@@ -40,9 +43,17 @@ def hang(out: Path, settings: dict) -> None:
         return batch(self, *args, **kwargs)
 
     RandomCrops.batch = batch_then_hang
-    cfg = train.TrainConfig(**settings)
+    cfg = train_config(REPO / "params.yaml", **settings)
     train.train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, tiny_images(3), out / "checkpoint.pt",
                       val_images=tiny_images(2, seed=1), state_path=out / "state.pt")
+
+
+def stage(overrides: dict, checkpoint, summary, data_root, state=None) -> dict:
+    """The train stage of mbt2018-mean at lambda 0.01 on params.yaml with ``overrides``."""
+    params = load_params(REPO / "params.yaml", overrides)
+    return train.run_train_stage(params.train, "mbt2018-mean", params.architecture("mbt2018-mean", 0.01),
+                                 0.01, checkpoint, summary, data_root, state,
+                                 experiment=params.mlflow.experiment)
 
 
 def ddp(out: Path, data_root: str, params: dict) -> None:
@@ -56,8 +67,7 @@ def ddp(out: Path, data_root: str, params: dict) -> None:
         return result
 
     train.all_reduce_mean = recorded
-    summary = train.run_train_stage(params, "mbt2018-mean", 0.01, out / "checkpoint.pt", out / "train.json",
-                                    data_root, out / "state.pt")
+    summary = stage(params, out / "checkpoint.pt", out / "train.json", data_root, out / "state.pt")
     record.close()
     (out / f"summary-{rank}.json").write_text(json.dumps(summary))
 

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, features
 
+from .config import AnchorsConfig, BinariesConfig
 from .data.images import load_rgb8
 from .errors import ConfigError, LicbenchError
 from .fileio import atomic_path, write_json_atomic
@@ -163,7 +164,7 @@ def _reference_software(extra: list[str]) -> Callable:
     """VTM (EncoderApp/DecoderApp) or HM (TAppEncoder/TAppDecoder), all-intra, one frame."""
 
     def code(image: np.ndarray, qp: float, opts: dict, workdir: Path) -> Coded:
-        colour = opts.get("colour", "ycbcr")
+        colour = opts["colour"]
         h, w = image.shape[:2]
         src, bits, rec = workdir / "in.yuv", workdir / "out.bin", workdir / "rec.yuv"
         src.write_bytes(_rgb_to_planes(image, colour).tobytes())
@@ -173,7 +174,7 @@ def _reference_software(extra: list[str]) -> Callable:
         if colour == "rgb":
             cmd += ["--InputColourSpaceConvert=RGBtoGBR", "--SNRInternalColourSpace=1",
                     "--OutputInternalColourSpace=0"]
-        cmd += [str(a) for a in opts.get("extra_args") or []]
+        cmd += opts["extra_args"]
         what = f"QP {int(qp)}"
         t0 = time.perf_counter()
         _run_tool(cmd, opts["name"], what)
@@ -200,7 +201,7 @@ def _code_bpg(image: np.ndarray, qp: float, opts: dict, workdir: Path) -> Coded:
     what = f"QP {int(qp)}"
     t0 = time.perf_counter()
     _run_tool([opts["encoder"], "-o", bits, "-q", int(qp), "-f", "444", "-e", "x265",
-               "-c", "ycbcr", "-b", "8", *(opts.get("extra_args") or []), src], "bpg", what)
+               "-c", "ycbcr", "-b", "8", *opts["extra_args"], src], "bpg", what)
     t1 = time.perf_counter()
     _run_tool([opts["decoder"], "-o", rec, bits], "bpg", what)
     t2 = time.perf_counter()
@@ -275,16 +276,22 @@ ROW_SCHEMA = pa.schema([
 ])
 
 
-def code_image(codec: str, setting: float, name: str, path: str, opts: dict | None = None) -> dict:
+def _options(codec: str, binaries: BinariesConfig | None) -> dict:
+    """What a codec's functions receive: its name and its ``anchors.binaries`` entry."""
+    return {"name": codec, **(binaries or BinariesConfig()).model_dump()}
+
+
+def code_image(codec: str, setting: float, name: str, path: str,
+               binaries: BinariesConfig | None = None) -> dict:
     """Encode one image with one codec setting, decode it, measure it.
 
-    ``opts``: for an external codec, its entry of ``anchors.binaries``.
+    ``binaries``: for an external codec, its entry of ``anchors.binaries``.
     """
     _register_plugins()
     image = load_rgb8(path).array
     with tempfile.TemporaryDirectory(prefix=f"licbench-{codec}-") as workdir:
         try:
-            coded = CODECS[codec].code(image, setting, {"name": codec, **(opts or {})}, Path(workdir))
+            coded = CODECS[codec].code(image, setting, _options(codec, binaries), Path(workdir))
         except LicbenchError as exc:
             raise type(exc)(f"{name}: {exc}") from None
     decoded = coded.decoded
@@ -304,40 +311,36 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def available_codecs(sweeps: dict[str, list], binaries: dict | None) -> dict[str, dict]:
-    """The codecs of ``sweeps`` that can run, each with its options.
+def available_codecs(cfg: AnchorsConfig) -> dict[str, BinariesConfig | None]:
+    """The codecs of ``anchors.codecs`` that can run, each with its binaries.
 
     An external codec (VTM, HM, bpg) whose binaries params.yaml does not give is
     skipped with one log line; one whose binaries are given but missing is an error.
     """
-    unknown = sorted(set(sweeps) - set(CODECS))
-    if unknown:
-        raise ConfigError(f"params.yaml anchors.codecs: unknown codec(s) {unknown}; known: {sorted(CODECS)}")
-    binaries = binaries or {}
     out = {}
-    for codec in sweeps:
+    for codec in cfg.codecs:
         needs = CODECS[codec].needs
-        opts = dict(binaries.get(codec) or {})
-        missing = [k for k in needs if not opts.get(k)]
-        if missing:
+        binaries = cfg.binaries.get(codec)
+        given = binaries.model_dump() if binaries is not None else {}
+        if any(not given.get(k) for k in needs):
             log.warning("anchors: %s skipped: set anchors.binaries.%s.{%s} in params.yaml to run it",
                         codec, codec, ",".join(needs))
             continue
         for key in needs:
-            if not Path(opts[key]).is_file():
-                raise ConfigError(f"params.yaml anchors.binaries.{codec}.{key}: "
-                                  f"{opts[key]} is not a file")
-        if opts.get("colour", "ycbcr") not in ("ycbcr", "rgb"):
-            raise ConfigError(f"params.yaml anchors.binaries.{codec}.colour must be ycbcr or rgb")
-        out[codec] = opts
+            if not Path(given[key]).is_file():
+                raise cfg.error(f"binaries.{codec}.{key}", f"{given[key]} is not a file",
+                                f"the path of {CODECS[codec].name}'s {key}")
+        out[codec] = binaries
     return out
 
 
-def run_anchors(images: list[tuple[str, Path]], sweeps: dict[str, list], workers: int,
-                binaries: dict | None = None) -> pa.Table:
-    runnable = available_codecs(sweeps, binaries)
-    jobs = [(codec, s, name, str(path), runnable[codec]) for codec, settings in sweeps.items()
+def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig) -> pa.Table:
+    """Every runnable codec of ``cfg`` at each of its settings on each image,
+    ``anchors.workers`` images at a time."""
+    runnable = available_codecs(cfg)
+    jobs = [(codec, s, name, str(path), runnable[codec]) for codec, settings in cfg.codecs.items()
             if codec in runnable for s in settings for name, path in images]
+    workers = cfg.workers or os.cpu_count() or 1
     if workers <= 1:
         rows = [code_image(*job) for job in jobs]
     else:
@@ -347,7 +350,7 @@ def run_anchors(images: list[tuple[str, Path]], sweeps: dict[str, list], workers
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
-def curves(table: pa.Table, binaries: dict | None = None) -> dict[str, dict]:
+def curves(table: pa.Table, binaries: dict[str, BinariesConfig | None] | None = None) -> dict[str, dict]:
     """Per codec, the mean over images at each setting, in CompressAI's results
     JSON layout (``{"name", "description", "results": {"bpp", "psnr-rgb", ...}}``),
     ordered by rate."""
@@ -358,7 +361,7 @@ def curves(table: pa.Table, binaries: dict | None = None) -> dict[str, dict]:
     for (codec, setting), rows in sorted(groups.items()):
         entry = out.setdefault(codec, {
             "name": codec,
-            "description": f"{CODECS[codec].version((binaries or {}).get(codec) or {})}; "
+            "description": f"{CODECS[codec].version(_options(codec, (binaries or {}).get(codec)))}; "
                            f"sweep over {CODECS[codec].setting}",
             "results": defaultdict(list),
         })
@@ -377,23 +380,19 @@ def curves(table: pa.Table, binaries: dict | None = None) -> dict[str, dict]:
     return out
 
 
-def run_anchors_stage(params: dict, dataset: str, out_dir: str | Path,
+def run_anchors_stage(cfg: AnchorsConfig, dataset: str, out_dir: str | Path,
                       data_root: str | Path = "data") -> dict:
     """What ``stages/anchors.py`` runs: every configured codec on one evaluation set."""
     from .data.datasets import evaluation_images
 
-    cfg = params.get("anchors") or {}
-    sweeps = cfg.get("codecs") or {}
     out_dir = Path(out_dir)
-    images = evaluation_images(dataset, data_root, cfg.get("max_images"))
-    workers = int(cfg.get("workers") or os.cpu_count() or 1)
+    images = evaluation_images(dataset, data_root, cfg.max_images)
     log.info("%s: %d codecs x their settings on %d images, %d workers",
-             dataset, len(sweeps), len(images), workers)
-    binaries = cfg.get("binaries") or {}
-    table = run_anchors(images, sweeps, workers, binaries)
+             dataset, len(cfg.codecs), len(images), cfg.workers or os.cpu_count() or 1)
+    table = run_anchors(images, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "per_image.parquet") as tmp:
         pq.write_table(table, tmp)
-    result = curves(table, binaries)
+    result = curves(table, cfg.binaries)
     write_json_atomic(out_dir / "curves.json", result)
     return result

@@ -46,3 +46,12 @@ class MaskError(LicbenchError):
 
 class TrainingError(LicbenchError):
     """Training cannot go on (a loss that is NaN or infinite); the last good state is kept."""
+
+
+class ParamsError(ConfigError):
+    """Settings refused before any work, one line each:
+    ``<file>: <dotted.key>: <what is wrong>; <what is allowed>`` (licbench.config)."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
 from .coding.container import read_bitstream, write_bitstream
+from .config import EvaluateConfig, resolve_device
 from .data.datasets import evaluation_images
 from .data.images import load_rgb8
 from .fileio import atomic_path, write_json_atomic
@@ -136,22 +137,24 @@ def log_evaluation(experiment: str, summary: dict, config: dict, per_image: Path
 
 
 def run_evaluate_stage(
-    params: dict,
+    cfg: EvaluateConfig,
     checkpoint_path: str | Path,
     dataset: str,
     out_dir: str | Path,
     summary_path: str | Path,
     data_root: str | Path = "data",
+    *,
+    experiment: str,
 ) -> dict:
-    """What ``stages/evaluate.py`` runs: evaluate one model on one set, log to MLflow."""
-    cfg = params.get("evaluate", {})
-    ckpt = load_checkpoint(checkpoint_path, device=cfg.get("device", "cpu"))
-    images = evaluation_images(dataset, data_root, cfg.get("max_images"))
+    """What ``stages/evaluate.py`` runs: evaluate one model on one set, log to
+    the MLflow ``experiment``."""
+    ckpt = load_checkpoint(checkpoint_path, device=resolve_device(cfg))
+    images = evaluation_images(dataset, data_root, cfg.max_images)
     table, summary = evaluate_checkpoint(ckpt, images, out_dir)
     summary = {"dataset": dataset, "model": ckpt.key, "arch": ckpt.arch, "lambda": ckpt.lmbda,
                "weights_sha256": ckpt.weights_sha256, **summary}
 
-    log_evaluation(params.get("mlflow", {}).get("experiment", "licbench"), summary, ckpt.config,
+    log_evaluation(experiment, summary, ckpt.config,
                    Path(out_dir) / "per_image.parquet")
     write_json_atomic(summary_path, summary)
     log.info("%s on %s: %.4f bpp, %.2f dB PSNR", ckpt.key, dataset, summary["bpp"], summary["psnr"])

@@ -60,12 +60,10 @@ from prefect.tasks import exponential_backoff
 
 from .entry import EXIT_TRANSIENT
 from .errors import ConfigError, LicbenchError
-from .params import load_params
+from .config import Params, PrefectConfig, load_params
 from .tracking import FLOW_RUN_ENV
 
 DASK_ADDRESS_ENV = "LICBENCH_DASK_ADDRESS"
-DEFAULTS = {"dask_address": None, "workers": None, "download_retries": 3,
-            "download_retry_delay_s": 30}
 # Stages whose failures may be transient: they download.
 RETRIED_STAGES = ("datasets",)
 
@@ -162,15 +160,15 @@ def select(graph: dict[str, list[str]], targets: list[str] | None) -> list[str]:
     return chosen
 
 
-def lambda_items(graph: dict[str, list[str]], params: dict, lambdas: list[float],
+def lambda_items(graph: dict[str, list[str]], params: Params, lambdas: list[float],
                  archs: list[str] | None = None) -> list[str]:
     """The train and evaluate items of these lambdas (of ``archs``, default all).
 
     Items come from ``params.yaml``'s matrix, so a lambda must be listed there
     (DVC records a result only for the stages dvc.yaml declares)."""
-    listed = [str(v) for v in params.get("lambdas", [])]
-    archs = archs or list(params.get("archs", []))
-    datasets = (params.get("evaluate") or {}).get("datasets", [])
+    listed = [str(v) for v in params.lambdas]
+    archs = archs or list(params.archs)
+    datasets = params.evaluate.datasets
     items = []
     for lmbda in lambdas:
         match = [v for v in listed if float(v) == float(lmbda)]
@@ -189,24 +187,18 @@ def lambda_items(graph: dict[str, list[str]], params: dict, lambdas: list[float]
 # ---------------------------------------------------------------- settings
 
 
-def flow_settings(params: dict) -> dict:
-    """``params.yaml``'s ``prefect`` section with defaults filled in;
-    LICBENCH_DASK_ADDRESS wins over ``prefect.dask_address``."""
-    cfg = {**DEFAULTS, **(params.get("prefect") or {})}
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"params.yaml prefect: unknown setting(s) {sorted(unknown)}; "
-                          f"known: {sorted(DEFAULTS)}")
-    cfg["dask_address"] = os.environ.get(DASK_ADDRESS_ENV) or cfg["dask_address"]
+def flow_settings(cfg: PrefectConfig) -> dict:
+    """``params.yaml``'s ``prefect`` section, resolved for this machine:
+    LICBENCH_DASK_ADDRESS wins over ``prefect.dask_address``; ``workers: null``
+    is one per GPU, or min(4, CPU cores) without one."""
+    settings = cfg.model_dump()
+    settings["dask_address"] = os.environ.get(DASK_ADDRESS_ENV) or cfg.dask_address
     cores = os.cpu_count() or 1
-    if cfg["workers"] is None:
+    if cfg.workers is None:
         gpus = len(visible_gpus())
-        cfg["workers"] = gpus if gpus else min(4, cores)
-    if int(cfg["workers"]) < 1:
-        raise ConfigError(f"params.yaml prefect.workers = {cfg['workers']}: must be at least 1")
-    cfg["workers"] = int(cfg["workers"])
-    cfg["threads_per_task"] = max(1, cores // cfg["workers"])
-    return cfg
+        settings["workers"] = gpus if gpus else min(4, cores)
+    settings["threads_per_task"] = max(1, cores // settings["workers"])
+    return settings
 
 
 def task_runner(settings: dict):
@@ -353,7 +345,7 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
     """Run ``items`` (upstream first), each once its upstream items in this run
     succeeded; independent items at the same time."""
     logger = get_run_logger()
-    experiment = (load_params(Path(repo) / "params.yaml").get("mlflow") or {}).get("experiment", "licbench")
+    experiment = load_params(Path(repo) / "params.yaml").mlflow.experiment
     tracking = prepare_tracking.submit(repo, experiment)
     futures = {}
     for item in items:
@@ -384,7 +376,7 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
 
 def run_items(repo: Path, graph: dict[str, list[str]], items: list[str]) -> list[dict]:
     """``stage_items`` on the task runner params.yaml (or the environment) asks for."""
-    settings = flow_settings(load_params(repo / "params.yaml"))
+    settings = flow_settings(load_params(repo / "params.yaml").prefect)
     runner = task_runner(settings)
     get_run_logger().info("%d stage item(s) on %s: %s", len(items), type(runner).__name__, ", ".join(items))
     return stage_items.with_options(task_runner=runner)(
@@ -411,7 +403,7 @@ def train_evaluate(lambdas: list[float] | None = None, archs: list[str] | None =
     root = find_repo(repo)
     graph = stage_graph(root)
     params = load_params(root / "params.yaml")
-    targets = lambda_items(graph, params, lambdas or params.get("lambdas", []), archs)
+    targets = lambda_items(graph, params, lambdas or params.lambdas, archs)
     return run_items(root, graph, upstream_closure(graph, targets))
 
 

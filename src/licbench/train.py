@@ -18,7 +18,6 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
+from .config import TrainConfig, resolve_device
 from .errors import ConfigError, TrainingError
 from .fileio import atomic_path, write_json_atomic
 from .models import (
@@ -39,74 +39,10 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "licbench-train-state"
 STATE_VERSION = 1
-LR_SCHEDULES = ("plateau", "step", "none")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings that do not change the trained weights: a state saved under other
 # values of these still resumes (e.g. a run moved from one machine to another).
 NOT_IN_DIGEST = ("log_every", "checkpoint_every", "device")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch_size: int  # the whole batch of a step, shared out among DDP processes
-    crop: int
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
-    clip_max_norm: float = 1.0
-    seed: int = 0
-    device: str = "auto"  # "auto": CUDA when present, else CPU
-    log_every: int = 10
-    dataset: str = "bsds500"
-    split: str = "train"
-    checkpoint_every: int = 0  # steps between resumable states; 0: none before the end
-    lr_schedule: str = "none"  # plateau | step | none
-    lr_factor: float = 0.1  # plateau and step: lr *= lr_factor
-    lr_patience: int = 10  # plateau: validations without improvement before a decay
-    lr_milestones: tuple[int, ...] = ()  # step: the steps at which the lr decays
-    val_split: str | None = None  # null: no validation
-    val_images: int = 8  # the first images of val_split (by path), center-cropped
-    val_crop: int = 256
-    val_every: int = 0  # steps between validations; 0: only at the end
-    early_stopping: int = 0  # validations without improvement before stopping; 0: never
-    amp: str = "none"  # none | bf16 | fp16 (autocast of the forward pass)
-    compile: bool = False  # torch.compile the model
-
-    @classmethod
-    def from_params(cls, section: dict) -> "TrainConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ConfigError(f"params.yaml train: unknown key(s) {unknown}; known: {sorted(known)}")
-        section = dict(section)
-        if "lr_milestones" in section:
-            section["lr_milestones"] = tuple(int(m) for m in section["lr_milestones"] or ())
-        cfg = cls(**section)
-        for name in ("steps", "batch_size", "crop", "log_every", "val_images", "val_crop"):
-            if int(getattr(cfg, name)) < 1:
-                raise ConfigError(f"params.yaml train.{name} must be at least 1")
-        for name in ("checkpoint_every", "val_every", "early_stopping", "lr_patience"):
-            if int(getattr(cfg, name)) < 0:
-                raise ConfigError(f"params.yaml train.{name} must be 0 or more")
-        if cfg.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"params.yaml train.lr_schedule: '{cfg.lr_schedule}' is not one of {LR_SCHEDULES}")
-        if cfg.amp not in AMP_DTYPES:
-            raise ConfigError(f"params.yaml train.amp: '{cfg.amp}' is not one of {tuple(AMP_DTYPES)}")
-        if cfg.val_split is None and (cfg.lr_schedule == "plateau" or cfg.early_stopping):
-            raise ConfigError("params.yaml train: lr_schedule 'plateau' and early_stopping need a val_split")
-        return cfg
-
-
-def resolve_device(name: str, setting: str = "train.device") -> torch.device:
-    """``auto``: CUDA when present, else the CPU; ``setting`` names the
-    params.yaml key in the error when CUDA is asked for and absent."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"params.yaml {setting} = '{name}' asked for, but CUDA is not available")
-    if name == "cuda" and dist.is_initialized():
-        name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per torchrun process
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -174,7 +110,7 @@ def training_digest(arch: str, arch_config: dict, lmbda: float, cfg: TrainConfig
     resumes only a run with the same digest (the training partitions too,
     when the model takes them: new masks start a new run)."""
     h = hashlib.sha256()
-    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_DIGEST}
+    settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_DIGEST}
     h.update(json.dumps([arch, {k: int(v) for k, v in arch_config.items()}, float(lmbda), settings],
                         sort_keys=True, default=list).encode())
     for im in [*images, None, *(val_images or [])]:
@@ -267,6 +203,23 @@ def step_decay_lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * cfg.lr_factor ** sum(step > m for m in cfg.lr_milestones)
 
 
+def check_settings(arch: str, cfg: TrainConfig, world: int) -> torch.device:
+    """Refuse what ``arch``, ``world`` processes or this machine cannot train
+    with; return the device to train on."""
+    spec = get_architecture(arch)
+    for name, size in (("crop", cfg.crop), ("val_crop", cfg.val_crop)):
+        if size % spec.pad_multiple:
+            raise cfg.error(name, f"{size} is not a multiple of {spec.pad_multiple}",
+                            f"{arch} needs a multiple of {spec.pad_multiple}")
+    if cfg.batch_size % world:
+        raise cfg.error("batch_size", f"{cfg.batch_size} does not split among {world} processes",
+                        f"a multiple of {world}")
+    device = resolve_device(cfg)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise cfg.error("amp", "'fp16' needs CUDA", "none or bf16 on the CPU")
+    return device
+
+
 def train_model(
     arch: str,
     arch_config: dict,
@@ -294,25 +247,15 @@ def train_model(
     ``model(x, partition)``. Validation crops get none: the model validates on
     what it codes with (SegPIC: the uniform grid).
     """
-    spec = get_architecture(arch)
     if trains_with_partition(arch, arch_config) != (partitions is not None):
         raise ConfigError(
             f"{arch} with {arch_config} trains {'with' if partitions is None else 'without'} region "
             f"partitions, but {'none were' if partitions is None else 'some were'} given")
-    for name, size in (("crop", cfg.crop), ("val_crop", cfg.val_crop)):
-        if size % spec.pad_multiple:
-            raise ConfigError(
-                f"train.{name} = {size}: {arch} needs crops that are a multiple of {spec.pad_multiple}"
-            )
     rank, world = rank_and_world()
-    if cfg.batch_size % world:
-        raise ConfigError(f"train.batch_size = {cfg.batch_size} does not split among {world} processes")
+    device = check_settings(arch, cfg, world)
     validating = bool(val_images) and cfg.val_split is not None
     if cfg.val_split is not None and not val_images:
         raise ConfigError(f"train.val_split = '{cfg.val_split}' but no validation image was given")
-    device = resolve_device(cfg.device)
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp = fp16 needs CUDA (bf16 runs on the CPU too)")
     # Repeatable runs: cuDNN's benchmark picks algorithms by timing, so two runs
     # of the same seed could train (and so code) differently.
     torch.backends.cudnn.benchmark = False
@@ -543,41 +486,48 @@ def train_model(
     return summary
 
 
-def architecture_config(params: dict, arch: str, lmbda: float) -> dict:
-    """``architectures.<arch>`` from params, with its ``by_lambda`` override for
-    this lambda applied (CompressAI, for one, uses larger N and M at high rates)."""
-    try:
-        config = dict(params["architectures"][arch])
-    except (KeyError, TypeError):
-        raise ConfigError(f"params.yaml architectures: no settings for '{arch}'") from None
-    overrides = config.pop("by_lambda", None) or {}
-    for key, values in overrides.items():
-        if float(key) == float(lmbda):
-            config.update(values)
-    return config
+def check_crops(cfg: TrainConfig, manifest) -> None:
+    """Refuse crops larger than the smallest image they are cut from (the
+    manifest's sizes: before any image is loaded)."""
+    rows = list(zip(manifest["path"].to_pylist(), manifest["split"].to_pylist(),
+                    manifest["width"].to_pylist(), manifest["height"].to_pylist()))
+    for field, split, limit in (("crop", cfg.split, None), ("val_crop", cfg.val_split, cfg.val_images)):
+        chosen = sorted(r for r in rows if r[1] == split)[:limit] if split is not None else []
+        if not chosen:
+            continue  # no image at all: load_split says so
+        path, _, width, height = min(chosen, key=lambda r: min(r[2], r[3]))
+        size = getattr(cfg, field)
+        if size > min(width, height):
+            raise cfg.error(field, f"{size} is larger than {path} ({width} x {height}), the smallest "
+                            f"image of {cfg.dataset} {split}", f"at most {min(width, height)}")
 
 
 def run_train_stage(
-    params: dict,
+    cfg: TrainConfig,
     arch: str,
+    arch_config: dict,
     lmbda: float,
     checkpoint_path: str | Path,
     summary_path: str | Path,
     data_root: str | Path = "data",
     state_path: str | Path | None = None,
+    *,
+    experiment: str,
 ) -> dict:
-    """What ``stages/train.py`` runs: read params, train, log to MLflow, write outs.
+    """What ``stages/train.py`` runs: train, log to MLflow (``experiment``), write outs.
 
-    Under ``torchrun`` every process trains; the first one alone logs to
-    MLflow and writes files. A run resumed from ``state_path`` logs into the
-    MLflow run it started. An architecture that trains with region partitions
-    reads them from the masks stage's table of the training set,
-    ``<data_root>/masks/<train.dataset>``.
+    ``arch_config``: ``architectures.<arch>`` for this lambda
+    (:meth:`licbench.config.Params.architecture`). Under ``torchrun`` every
+    process trains; the first one alone logs to MLflow and writes files. A run
+    resumed from ``state_path`` logs into the MLflow run it started. An
+    architecture that trains with region partitions reads them from the masks
+    stage's table of the training set, ``<data_root>/masks/<train.dataset>``.
     """
-    cfg = TrainConfig.from_params(dict(params["train"]))
-    arch_config = architecture_config(params, arch, lmbda)
+    # Before any work: torchrun's WORLD_SIZE is the number of processes to come.
+    check_settings(arch, cfg, int(os.environ.get("WORLD_SIZE", "1")))
     data_root = Path(data_root)
     manifest = read_manifest(data_root / "manifests" / f"{cfg.dataset}.parquet")
+    check_crops(cfg, manifest)
     images, conversions = load_split(manifest, data_root, cfg.split)
     for conversion, count in conversions.items():
         log.warning("%d training image(s) converted: %s", count, conversion)
@@ -604,7 +554,7 @@ def run_train_stage(
 
         if rank != 0:
             return train()
-        summary = _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images,
+        summary = _train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, images,
                                      val_images, state_path, world, train, partitions, masks_info)
         write_json_atomic(summary_path, summary)
         return summary
@@ -613,13 +563,13 @@ def run_train_stage(
             dist.destroy_process_group()
 
 
-def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, val_images,
+def _train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, images, val_images,
                        state_path, world, train, partitions=None, masks_info=None) -> dict:
     import mlflow
 
     from . import tracking
 
-    experiment_id = tracking.use_experiment(params.get("mlflow", {}).get("experiment", "licbench"))
+    experiment_id = tracking.use_experiment(experiment)
     key = model_key(arch, lmbda)
     saved = None
     if state_path is not None:
@@ -639,7 +589,7 @@ def _train_with_mlflow(params, arch, arch_config, lmbda, cfg, manifest, images, 
                 "arch": arch,
                 **arch_config,
                 "lambda": lmbda,
-                **{f"train.{k}": v for k, v in asdict(cfg).items()},
+                **{f"train.{k}": v for k, v in cfg.model_dump().items()},
                 "git_commit": tracking.git_commit(),
                 "manifest_sha256": manifest_digest(manifest),
                 "train_images": len(images),

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from ..config import DatasetsConfig, resolve_mirror
 from ..errors import ChecksumError, DownloadError, ImageError
 from ..fileio import atomic_path, sha256_file
 from .download import copy_verified, download_first, save_stream_verified
@@ -190,15 +191,13 @@ def evaluation_images(dataset: str, data_root: str | Path = "data",
     return [(n, data_root / n) for n in names]
 
 
-def run_datasets_stage(params: dict, name: str, data_root: str | Path = "data") -> pa.Table:
+def run_datasets_stage(cfg: DatasetsConfig, name: str, data_root: str | Path = "data") -> pa.Table:
     """What ``stages/datasets.py`` runs: one set, from the mirror or the real URLs."""
-    from ..params import resolve_mirror
     from .sources import get_source
 
-    cfg = params.get("datasets") or {}
-    if name not in cfg.get("sets", []):
+    if name not in cfg.sets:
         log.warning("%s is not in params.yaml datasets.sets; preparing it anyway", name)
-    mirror = resolve_mirror(cfg.get("mirror"))
+    mirror = resolve_mirror(cfg)
     data_root = Path(data_root)
     return prepare_dataset(
         get_source(name), data_root, data_root / "manifests" / f"{name}.parquet", mirror=mirror

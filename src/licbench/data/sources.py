@@ -41,6 +41,10 @@ class DatasetSource:
     citation: str = ""
     extra: dict = field(default_factory=dict)
 
+    def split_names(self) -> tuple[str, ...]:
+        """Every split a manifest of this set can hold."""
+        return tuple(dict.fromkeys((*self.splits, self.default_split)))
+
     def split_of(self, relpath: str) -> str:
         head = relpath.split("/", 1)[0]
         return head if head in self.splits else self.default_split

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..config import FallbackConfig, MasksConfig, SamConfig, resolve_device
 from ..errors import CheckpointError, ConfigError, DownloadError
 from .rle import encode_rle
 
@@ -40,11 +41,6 @@ OFFICIAL_CHECKPOINTS = {
               "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
 }
 
-# SAM settings passed to SamAutomaticMaskGenerator, with SAM's defaults.
-SAM_DEFAULTS = {"points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.88,
-                "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
-FALLBACK_DEFAULTS = {"method": "felzenszwalb", "scale": 300.0, "sigma": 0.8, "min_size": 200,
-                     "n_segments": 64, "compactness": 10.0, "downscale": 1}
 FORMAT_VERSION = 1
 
 
@@ -95,24 +91,6 @@ def canonical_order(masks: list[Mask], min_area: int = 0) -> list[Mask]:
 
 
 # --- classical fallback -------------------------------------------------------
-
-def fallback_settings(cfg: dict | None) -> dict:
-    settings = dict(FALLBACK_DEFAULTS, **(cfg or {}))
-    unknown = sorted(set(settings) - set(FALLBACK_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"params.yaml masks.fallback: unknown setting(s) {unknown}")
-    if settings["method"] not in ("felzenszwalb", "slic"):
-        raise ConfigError(f"params.yaml masks.fallback.method: {settings['method']!r} is not "
-                          "felzenszwalb or slic")
-    try:
-        # Typed, so that 300 and 300.0 give the same settings digest.
-        settings = {k: type(FALLBACK_DEFAULTS[k])(v) for k, v in settings.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"params.yaml masks.fallback: {exc}") from None
-    if settings["downscale"] < 1:
-        raise ConfigError("params.yaml masks.fallback.downscale must be an integer >= 1")
-    return settings
-
 
 def fallback_segment(image: np.ndarray, settings: dict) -> list[Mask]:
     """Felzenszwalb's graph segmentation or SLIC superpixels: a partition, one
@@ -174,8 +152,8 @@ def label_map_masks(labels: np.ndarray) -> list[Mask]:
     return masks
 
 
-def make_fallback(cfg: dict | None, requested: str = "fallback", reason: str = "") -> Segmenter:
-    settings = fallback_settings(cfg)
+def make_fallback(cfg: FallbackConfig, requested: str = "fallback", reason: str = "") -> Segmenter:
+    settings = cfg.model_dump()  # typed by the schema: 300 and 300.0 give one settings digest
     return Segmenter(name=settings["method"], settings=settings,
                      segment=lambda image: fallback_segment(image, settings),
                      requested=requested, fallback_reason=reason, parallel_safe=True)
@@ -183,22 +161,9 @@ def make_fallback(cfg: dict | None, requested: str = "fallback", reason: str = "
 
 # --- Segment Anything ---------------------------------------------------------
 
-def sam_settings(cfg: dict | None) -> dict:
-    cfg = dict(cfg or {})
-    try:
-        settings = {k: type(v)(cfg.pop(k, v)) for k, v in SAM_DEFAULTS.items()}
-        settings["min_region_area"] = int(cfg.pop("min_region_area", 0))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"params.yaml masks.sam: {exc}") from None
-    settings["model_type"] = str(cfg.pop("model_type", "vit_b"))
-    for key in ("checkpoint", "sha256"):
-        cfg.pop(key, None)
-    if cfg:
-        raise ConfigError(f"params.yaml masks.sam: unknown setting(s) {sorted(cfg)}")
-    if settings["model_type"] not in OFFICIAL_CHECKPOINTS:
-        raise ConfigError(f"params.yaml masks.sam.model_type: {settings['model_type']!r} is not one "
-                          f"of {sorted(OFFICIAL_CHECKPOINTS)}")
-    return settings
+def sam_settings(cfg: SamConfig) -> dict:
+    """What SAM's masks depend on (where its weights come from: their hash, added later)."""
+    return cfg.model_dump(exclude={"checkpoint", "sha256"})
 
 
 def load_sam(model_type: str, checkpoint: str | Path, build: Callable[[], object] | None = None):
@@ -270,7 +235,7 @@ def make_sam(model, settings: dict, device: str, weights_sha256: str | None = No
                      requested=requested)
 
 
-def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[Path, str]:
+def fetch_checkpoint(cfg: SamConfig, mirror: Path | None, cache_dir: Path) -> tuple[Path, str]:
     """The SAM checkpoint file and its sha256: a local path, or the configured
     (default: official) URL fetched into ``cache_dir/sam/`` via the mirror's
     ``sam/<file name>`` when there is one. Raises DownloadError when it cannot
@@ -278,10 +243,9 @@ def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[P
     from ..data.download import copy_verified, download
     from ..fileio import sha256_file
 
-    model_type = cfg.get("model_type", "vit_b")
-    official_url, official_sha = OFFICIAL_CHECKPOINTS[model_type]
-    source = cfg.get("checkpoint") or official_url
-    sha256 = cfg.get("sha256") or (official_sha if source == official_url else None)
+    official_url, official_sha = OFFICIAL_CHECKPOINTS[cfg.model_type]
+    source = cfg.checkpoint or official_url
+    sha256 = cfg.sha256 or (official_sha if source == official_url else None)
     if "://" not in str(source):
         path = Path(source).expanduser()
         if not path.is_file():
@@ -292,8 +256,8 @@ def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[P
             raise ChecksumError(f"{path}: sha256 mismatch (expected {sha256}, got {digest})")
         return path, digest
     if not sha256:
-        raise ConfigError("params.yaml masks.sam.sha256 is required with a checkpoint URL "
-                          "other than the official one")
+        raise cfg.error("sha256", f"null, but checkpoint {source} is not the official URL of "
+                        f"{cfg.model_type}", "the sha256 of that file")
     name = str(source).rsplit("/", 1)[-1]
     dest = cache_dir / "sam" / name
     if dest.is_file() and sha256_file(dest) == sha256:
@@ -309,7 +273,7 @@ def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[P
     return dest, sha256
 
 
-def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | None = None,
+def make_segmenter(cfg: MasksConfig, *, mirror: Path | None = None, cache_dir: Path | None = None,
                    model=None, build: Callable[[], object] | None = None) -> Segmenter:
     """The Segmenter params.yaml's ``masks`` section asks for.
 
@@ -319,29 +283,22 @@ def make_segmenter(cfg: dict, *, mirror: Path | None = None, cache_dir: Path | N
     fallback is used when ``fallback_when_unavailable`` is true (one WARNING
     line, recorded in the output's metadata); otherwise it is an error.
     """
-    generator = cfg.get("generator", "fallback")
-    if generator == "fallback":
-        return make_fallback(cfg.get("fallback"))
-    if generator != "sam":
-        raise ConfigError(f"params.yaml masks.generator: {generator!r} is not sam or fallback")
-    sam_cfg = dict(cfg.get("sam") or {})
-    settings = sam_settings(sam_cfg)
-    from ..train import resolve_device
-
-    device = resolve_device(str(cfg.get("device", "auto")), "masks.device")
+    if cfg.generator == "fallback":
+        return make_fallback(cfg.fallback)
+    settings = sam_settings(cfg.sam)
+    device = resolve_device(cfg)
     if model is not None:
         return make_sam(model, settings, device)
     from ..data.datasets import default_cache_dir
 
     try:
-        path, sha256 = fetch_checkpoint(sam_cfg | {"model_type": settings["model_type"]},
-                                        mirror, cache_dir or default_cache_dir())
+        path, sha256 = fetch_checkpoint(cfg.sam, mirror, cache_dir or default_cache_dir())
     except DownloadError as exc:
-        if not cfg.get("fallback_when_unavailable", False):
+        if not cfg.fallback_when_unavailable:
             raise DownloadError(f"no SAM checkpoint ({exc}); set masks.fallback_when_unavailable "
                                 "to use the classical segmenter instead") from None
         reason = f"SAM checkpoint unavailable: {str(exc).splitlines()[0]}"
-        fallback = make_fallback(cfg.get("fallback"), requested="sam", reason=reason)
+        fallback = make_fallback(cfg.fallback, requested="sam", reason=reason)
         log.warning("%s; using the %s fallback segmenter", reason, fallback.name)
         return fallback
     return make_sam(load_sam(settings["model_type"], path, build), settings, device, sha256)

@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..config import MasksConfig
 from ..data.images import load_rgb8
-from ..errors import ConfigError, MaskError
+from ..errors import MaskError
 from ..fileio import atomic_path, write_json_atomic
 from .generate import Segmenter, fallback_segment, make_segmenter
 from .rle import ones_indices
@@ -102,11 +103,6 @@ def draw_overlay(image: np.ndarray, partition: np.ndarray) -> np.ndarray:
 
 def select_images(manifest, splits: list[str], data_root: Path, max_images: int | None) -> list[dict]:
     rows = manifest.select(["path", "split", "sha256"]).to_pylist()
-    known = sorted({r["split"] for r in rows})
-    missing = [s for s in splits if s not in known]
-    if missing:
-        raise ConfigError(f"params.yaml masks.sets: split(s) {missing} not in the manifest "
-                          f"(splits: {known})")
     out = []
     for split in splits:
         chosen = sorted((r for r in rows if r["split"] == split), key=lambda r: r["path"])
@@ -117,9 +113,12 @@ def select_images(manifest, splits: list[str], data_root: Path, max_images: int 
     return out
 
 
-def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_path: str | Path,
-                    data_root: str | Path = "data", model=None, build=None) -> dict:
-    """What ``stages/masks.py`` runs: masks for one set's configured splits.
+def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary_path: str | Path,
+                    data_root: str | Path = "data", *, mirror: Path | None, experiment: str,
+                    model=None, build=None) -> dict:
+    """What ``stages/masks.py`` runs: masks for one set's configured splits,
+    logged to the MLflow ``experiment``. ``mirror``: where a SAM checkpoint may be
+    copied from (:func:`licbench.config.resolve_mirror`).
 
     ``model``, ``build``: see :func:`licbench.masks.generate.make_segmenter` (tests).
     """
@@ -127,17 +126,17 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
 
     from .. import tracking
     from ..data.datasets import manifest_digest, read_manifest
-    from ..params import resolve_mirror
 
-    cfg = params.get("masks") or {}
-    sets = cfg.get("sets") or {}
-    if dataset not in sets:
-        raise ConfigError(f"params.yaml masks.sets has no entry for {dataset!r}")
-    splits = list(sets[dataset] or [])
+    if dataset not in cfg.sets:
+        raise cfg.error("sets", f"no entry for {dataset!r}", f"{dataset}: [<splits>] to segment it")
+    splits = list(cfg.sets[dataset])
     data_root, out_dir = Path(data_root), Path(out_dir)
     manifest = read_manifest(data_root / "manifests" / f"{dataset}.parquet")
-    images = select_images(manifest, splits, data_root, cfg.get("max_images"))
-    mirror = resolve_mirror((params.get("datasets") or {}).get("mirror"))
+    known = sorted(set(manifest["split"].to_pylist()))
+    missing = [s for s in splits if s not in known]
+    if missing:
+        raise cfg.error(f"sets.{dataset}", f"{missing} not in the manifest", f"splits of {known}")
+    images = select_images(manifest, splits, data_root, cfg.max_images)
     segmenter = make_segmenter(cfg, mirror=mirror, model=model, build=build)
     metadata = {
         "dataset": dataset, "splits": splits, "manifest_sha256": manifest_digest(manifest),
@@ -146,7 +145,7 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
         "rle": "COCO uncompressed counts, column-major, first run is zeros",
         "partition": "masks drawn largest first, uncovered 4-connected pixels as own regions",
     }
-    workers = int(cfg.get("workers") or os.cpu_count() or 1)
+    workers = cfg.workers or os.cpu_count() or 1
     log.info("%s: %s masks for %d images of split(s) %s", dataset, segmenter.name, len(images),
              ", ".join(splits))
     table = generate_masks(images, segmenter, out_dir, metadata, workers)
@@ -157,7 +156,7 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
     for old in overlay_dir.glob("*.png"):  # a persisted folder: drop the last run's
         old.unlink()
     overlays = []
-    for im in images[: int(cfg.get("overlays", 4) or 0)]:
+    for im in images[: cfg.overlays]:
         array = load_rgb8(im["path"]).array
         part = table.partition(im["image"], array.shape)
         regions.append(int(part.max()) + 1)
@@ -174,7 +173,7 @@ def run_masks_stage(params: dict, dataset: str, out_dir: str | Path, summary_pat
     }
     write_json_atomic(summary_path, summary)
 
-    experiment_id = tracking.use_experiment((params.get("mlflow") or {}).get("experiment", "licbench"))
+    experiment_id = tracking.use_experiment(experiment)
     with tracking.start_run(experiment_id=experiment_id, run_name=f"masks-{dataset}"):
         mlflow.set_tags({"licbench.stage": "masks", "licbench.dataset": dataset})
         mlflow.log_params({

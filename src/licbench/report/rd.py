@@ -31,10 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, LicbenchError
+from ..config import ReportConfig
+from ..errors import LicbenchError
 from ..fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from . import published
 from .bdrate import METHODS, BDWarning, bd_quality, bd_rate
+
+# Bjøntegaard's fit needs 2 points at the very least; VCEG-M33's cubic passes
+# exactly through 4, and the common test conditions code 4 rate points (QP 22,
+# 27, 32, 37): 4 lambdas per curve are the norm.
+TOO_FEW_POINTS = ("BD-rate needs at least 2 points per curve, and 4 are the norm (VCEG-M33's "
+                  "cubic fit passes through 4 rate points, as the common test conditions code)")
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +137,11 @@ def _bd_pair(anchor: Curve, test: Curve, quality: str) -> dict:
     qt = test.psnr if quality == "psnr" else test.ms_ssim_db
     if any(v is None for v in qa) or any(v is None for v in qt):
         return {"note": f"no {quality} values"}
+    few = [f"the {name} curve has {len(q)} point" for name, q in (("anchor", qa), ("test", qt))
+           if len(q) < 2]
+    if few:
+        return {**{f"bd_{k}_{m}": None for k in ("rate", quality) for m in METHODS},
+                "note": f"{', '.join(few)}: {TOO_FEW_POINTS}"}
     out: dict = {}
     notes: set[str] = set()
     label = "PSNR" if quality == "psnr" else "MS-SSIM"
@@ -159,11 +171,16 @@ def bd_table(trained: list[Curve], anchors: list[Curve]) -> dict:
             for t in trained}
 
 
+def too_few_line(curve: Curve) -> str:
+    return f"{curve.label}: {len(curve.bpp)} point; {TOO_FEW_POINTS}"
+
+
 def _fmt(v: float | None, unit: str) -> str:
     return "n/a" if v is None else f"{v:+.2f}{unit}"
 
 
-def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str) -> str:
+def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str,
+                   too_few: list[Curve] = ()) -> str:
     labels = {a.id: a.label for a in anchors}
     lines = [f"# BD-rate on {dataset}",
              "",
@@ -174,6 +191,8 @@ def table_markdown(table: dict, anchors: list[Curve], dataset: str, method: str)
              "increase with rate. Marked *: see the warnings below.",
              ""]
     notes: list[str] = []
+    lines += [f"{too_few_line(c)}; its BD values are n/a, its points are in the plots." for c in too_few]
+    lines += [""] if too_few else []
     for model, row in table.items():
         lines += [f"## {model}", "",
                   "| anchor | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM) | BD-MS-SSIM (dB) |",
@@ -266,22 +285,20 @@ class Report:
     files: dict[str, Path]
 
 
-def build_report(params: dict, dataset: str, out_dir: str | Path,
-                 data_root: str | Path = "data") -> Report:
-    cfg = params.get("report") or {}
-    method = cfg.get("method", "pchip")
-    if method not in METHODS:
-        raise ConfigError(f"params.yaml report.method must be one of {METHODS}, not '{method}'")
+def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root: str | Path = "data",
+                 *, archs: list[str], lambdas: list[float]) -> Report:
+    """The report of ``archs`` at ``lambdas`` (params.yaml's matrix) on ``dataset``."""
+    method = cfg.method
     data_root, out_dir = Path(data_root), Path(out_dir)
-    archs, lambdas = params.get("archs") or [], params.get("lambdas") or []
-    if not archs or not lambdas:
-        raise ConfigError("params.yaml: archs and lambdas must name at least one model")
     trained = trained_curves(data_root / "metrics" / dataset, archs, lambdas)
     anchors = anchor_curves(data_root / "anchors" / dataset / "curves.json")
-    anchors += published_curves(dataset, cfg.get("published") or [])
+    anchors += published_curves(dataset, cfg.published)
     curves = trained + anchors
+    too_few = [c for c in curves if len(c.bpp) < 2]
+    for curve in too_few:
+        log.warning("report %s: %s", dataset, too_few_line(curve))
     table = bd_table(trained, anchors)
-    markdown = table_markdown(table, anchors, dataset, method)
+    markdown = table_markdown(table, anchors, dataset, method, too_few)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "bd_rate.json", "table_json": out_dir / "bd_table.json",
@@ -305,15 +322,15 @@ def build_report(params: dict, dataset: str, out_dir: str | Path,
     return Report(dataset, curves, table, markdown, files)
 
 
-def log_report(report: Report, params: dict) -> str:
+def log_report(report: Report, cfg: ReportConfig, experiment: str) -> str:
     """One MLflow run per report: artifacts on the parent, a child run per trained
     architecture with ``bd_rate_vs_<anchor>`` metrics, linked to the model runs."""
     import mlflow
 
     from ..tracking import find_model_run, git_commit, start_run, use_experiment
 
-    method = (params.get("report") or {}).get("method", "pchip")
-    experiment_id = use_experiment(params["mlflow"]["experiment"])
+    method = cfg.method
+    experiment_id = use_experiment(experiment)
     anchors = [c for c in report.curves if c.kind != "trained"]
     with start_run(run_name=f"report-{report.dataset}") as parent:
         mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
@@ -349,12 +366,13 @@ def log_report(report: Report, params: dict) -> str:
         return parent.info.run_id
 
 
-def run_report_stage(params: dict, dataset: str, out_dir: str | Path,
-                     data_root: str | Path = "data") -> Report:
-    """What ``stages/report.py`` runs."""
-    report = build_report(params, dataset, out_dir, data_root)
+def run_report_stage(cfg: ReportConfig, dataset: str, out_dir: str | Path,
+                     data_root: str | Path = "data", *, archs: list[str], lambdas: list[float],
+                     experiment: str) -> Report:
+    """What ``stages/report.py`` runs; the MLflow run goes to ``experiment``."""
+    report = build_report(cfg, dataset, out_dir, data_root, archs=archs, lambdas=lambdas)
     log.info("report for %s written to %s", dataset, out_dir)
     print(report.markdown)
-    run_id = log_report(report, params)
+    run_id = log_report(report, cfg, experiment)
     log.info("MLflow report run %s", run_id)
     return report
