@@ -31,6 +31,11 @@ class CheckpointError(LicbenchError):
     """A checkpoint that cannot be loaded (missing, damaged, wrong content)."""
 
 
+class PickledCodeError(CheckpointError):
+    """A torch file (checkpoint, training state, weights) whose pickle would
+    import and call code, not only rebuild tensors: refused without running it."""
+
+
 class ConfigError(LicbenchError):
     """Invalid settings in params.yaml or on the command line."""
 

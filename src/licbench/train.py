@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
-from .errors import ConfigError, TrainingError
-from .fileio import atomic_path, write_json_atomic
+from .errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
+from .fileio import atomic_path, load_tensors, write_json_atomic
 from .models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
@@ -208,14 +208,17 @@ def set_rng_state(state: dict) -> None:
 
 def load_train_state(path: str | Path, digest: str) -> dict | None:
     """The state saved at ``path`` if it resumes a run with this digest, else None
-    (saying why in the log). ``mmap`` makes a peek at a large state cheap."""
+    (saying why in the log); a state holding pickled code is refused
+    (PickledCodeError). ``mmap`` makes a peek at a large state cheap."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
-        log.warning("%s: unreadable training state (%s); training from the start", path, exc)
+        state = load_tensors(path, "training state", mmap=True)
+    except PickledCodeError:
+        raise
+    except CheckpointError as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
+        log.warning("%s; training from the start", exc)
         return None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT \
             or state.get("version") != STATE_VERSION:
