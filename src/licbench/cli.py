@@ -1,6 +1,7 @@
 """The ``licbench`` command: compress, decompress and inspect files, evaluate models.
 
-Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used);
+Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used),
+or an output that cannot be written (a full disk);
 2 bad usage; 3 model problem (checkpoint unreadable, or not the weights a
 bitstream was made with); 130 interrupted.
 """
@@ -211,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     except LicbenchError as exc:
         print(f"licbench: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        from .entry import os_error_line
+
+        print(f"licbench: error: {os_error_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("licbench: interrupted", file=sys.stderr)

@@ -76,6 +76,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def save_tensors(path: str | os.PathLike, obj) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_path`. A write that
+    fails (a full disk) raises the OSError, which torch would wrap in a
+    RuntimeError that names neither the file nor the cause."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
+
+
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint", *, mmap: bool = False):
     """What ``torch.save`` wrote to ``path``, read with ``weights_only=True``.
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
 from .errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
-from .fileio import atomic_path, load_tensors, write_json_atomic
+from .fileio import load_tensors, save_tensors, write_json_atomic
 from .models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
@@ -236,8 +236,7 @@ def load_train_state(path: str | Path, digest: str) -> dict | None:
 
 
 def save_train_state(path: str | Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_tensors(path, state)
 
 
 def _cpu_copy(state_dict: dict) -> dict:
