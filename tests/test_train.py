@@ -171,6 +171,32 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+
+@pytest.mark.parametrize("bad, clip", [(math.nan, 1.0), (math.inf, 1.0), (math.inf, 0.0)])
+def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path, monkeypatch):
+    """The loss stays finite; one gradient is NaN or infinite at step 6 (with
+    gradient clipping and without)."""
+    build, steps = train.build_model, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(grad):
+            steps["n"] += 1
+            return grad * bad if steps["n"] == 6 else grad
+
+        model.g_a[0].weight.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(train, "build_model", poisoned)
+    with pytest.raises(TrainingError, match=rf"gradient norm is {bad} at step 6 \(loss [0-9.]+\); "
+                                            r"the last good state"):
+        run(tmp_path, TrainConfig(**dict(SETTINGS, clip_max_norm=clip)))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 3 and not state["finished"]
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "checkpoint.pt").exists()
+
 def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     # lr 0: the validation loss never improves after the first validation.
     settings = dict(SETTINGS, lr=0.0, aux_lr=0.0, steps=40, val_every=1, early_stopping=2, lr_factor=0.5)

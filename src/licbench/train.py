@@ -235,6 +235,11 @@ def load_train_state(path: str | Path, digest: str) -> dict | None:
     return state
 
 
+def no_state_or_last_good(state_path: str | Path | None) -> str:
+    return "no resumable state is kept (no state file)" if state_path is None else \
+        f"the last good state ({state_path}) stays on disk"
+
+
 def save_train_state(path: str | Path, state: dict) -> None:
     save_tensors(path, state)
 
@@ -446,16 +451,23 @@ def train_model(
         terms = all_reduce_mean(torch.stack([loss, losses["bpp_loss"], losses["mse_loss"]]).detach())
         loss_v, bpp_v, mse_v = terms.tolist()
         if not math.isfinite(loss_v):
-            saved = "no resumable state is kept (no state file)" if state_path is None else \
-                f"the last good state ({state_path}) stays on disk"
             raise TrainingError(
                 f"training {model_key(arch, lmbda)}: loss is {loss_v} at step {step} "
-                f"(bpp {bpp_v}, mse {mse_v}); {saved}. Lower the learning rate or check the data."
+                f"(bpp {bpp_v}, mse {mse_v}); {no_state_or_last_good(state_path)}. "
+                "Lower the learning rate or check the data."
             )
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_max_norm) \
-            if cfg.clip_max_norm > 0 else None
+            if cfg.clip_max_norm > 0 else \
+            torch.nn.utils.get_total_norm([p.grad for p in main_params if p.grad is not None])
+        # fp16's scaler skips a step with an overflowed gradient by design.
+        if scaler is None and not math.isfinite(float(grad_norm)):
+            raise TrainingError(
+                f"training {model_key(arch, lmbda)}: gradient norm is {float(grad_norm)} at step {step} "
+                f"(loss {loss_v:.6g}); {no_state_or_last_good(state_path)}. "
+                "Lower the learning rate or check the data."
+            )
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -469,9 +481,8 @@ def train_model(
         step_seconds += t2 - t1
         progress["step"] = step
 
-        record = {"loss": loss_v, "bpp": bpp_v, "mse": mse_v, "aux_loss": aux_loss.item()}
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
+        record = {"loss": loss_v, "bpp": bpp_v, "mse": mse_v, "aux_loss": aux_loss.item(),
+                  "grad_norm": float(grad_norm)}
         window.append(record)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean = {k: float(np.mean([r[k] for r in window])) for k in window[0]}
