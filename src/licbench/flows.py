@@ -35,10 +35,10 @@ GPU, each task pinned to its GPU by ``CUDA_VISIBLE_DEVICES``; on the CPU
 ``LICBENCH_DASK_ADDRESS`` / ``prefect.dask_address`` (the workers must see the
 repository at the same path).
 
-MLflow: the flow creates the tracking store and experiment once before any
-stage starts (two stages creating a SQLite store at once collide), and passes
-its flow run id to the stage commands (``LICBENCH_PREFECT_FLOW_RUN_ID``), which
-tag their runs ``prefect.flow_run_id`` (``licbench.tracking``).
+MLflow: the flow passes its flow run id to the stage commands
+(``LICBENCH_PREFECT_FLOW_RUN_ID``), which tag their runs ``prefect.flow_run_id``
+(``licbench.tracking``, which also makes a fresh SQLite store safe for stages
+that start at once).
 """
 
 from __future__ import annotations
@@ -336,28 +336,15 @@ def item_task(item: str, settings: dict):
     return stage_item.with_options(**options)
 
 
-@task(name="tracking-store")
-def prepare_tracking(repo: str, experiment: str) -> None:
-    """Create the MLflow store and experiment once, as the stages would (same
-    working directory and environment), before any of them starts."""
-    code = "import sys; from licbench.tracking import use_experiment; use_experiment(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, experiment], cwd=repo,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"creating the MLflow experiment {experiment!r} failed:\n{proc.stderr[-2000:]}")
-
-
 @flow(name="licbench-stage-items")
 def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], settings: dict,
                 flow_run_id: str | None = None) -> list[dict]:
     """Run ``items`` (upstream first), each once its upstream items in this run
     succeeded; independent items at the same time."""
     logger = get_run_logger()
-    experiment = (load_params(Path(repo) / "params.yaml").get("mlflow") or {}).get("experiment", "licbench")
-    tracking = prepare_tracking.submit(repo, experiment)
     futures = {}
     for item in items:
-        wait_for = [tracking] + [futures[u] for u in upstream[item] if u in futures]
+        wait_for = [futures[u] for u in upstream[item] if u in futures]
         futures[item] = item_task(item, settings).submit(repo, item, settings, flow_run_id,
                                                         wait_for=wait_for)
     results, failures = [], []
@@ -371,7 +358,6 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
     if failures:
         # The first failure (in DAG order) is the cause; later items did not run.
         futures[failures[0]].result()
-    tracking.result()
     not_run = [i for i in items if i not in {r["item"] for r in results}]
     if not_run:
         raise RuntimeError(f"stage items that did not run: {not_run}")
