@@ -15,6 +15,10 @@ class TransientDownloadError(DownloadError):
     whole stage again later may succeed. Stage commands exit with 75 on it."""
 
 
+class DiskSpaceError(LicbenchError):
+    """Not enough free space for what a stage is about to write; nothing was started."""
+
+
 class ChecksumError(LicbenchError):
     """A file's sha256 differs from the published one; the file was not kept."""
 

@@ -29,9 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _create_beside(path)
     try:
         yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        replace_durably(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
@@ -48,6 +46,14 @@ def _create_beside(path: Path) -> Path:
             return tmp
         except FileExistsError:
             continue
+
+
+def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished file ``tmp`` onto ``path`` (same directory) so that
+    a crash leaves one of the two whole: fsync the file, rename, fsync the folder."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(Path(path).parent)
 
 
 def fsync_path(path: str | os.PathLike) -> None:

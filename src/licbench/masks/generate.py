@@ -300,7 +300,7 @@ def fetch_checkpoint(cfg: dict, mirror: Path | None, cache_dir: Path) -> tuple[P
         copy_verified(candidate, dest, sha256)
         return dest, sha256
     log.info("downloading SAM checkpoint %s", source)
-    download(str(source), dest, sha256, retries=2)
+    download(str(source), dest, sha256)
     return dest, sha256
 
 
