@@ -22,11 +22,14 @@ fails when another process holds it: DVC PR 8118). The alternative, calling
 the stage functions here and ``dvc commit`` afterwards, would skip DVC's
 staleness check and run cache, and trust this module to list every out.
 
-Retries: a stage command exits 75 (``licbench.entry.EXIT_TRANSIENT``) when a
-download failed for a reason that may pass; only then, and only for the
-``datasets`` items, the task is tried again with exponential backoff. A bad
-input (a corrupt image, a checksum mismatch, a NaN loss) exits 1 and fails the
-task at once.
+Retries: none here. Downloads retry inside the stage command, once, with one
+policy (``licbench.data.download``: backoff, and each attempt resumes where the
+last stopped); a command that still fails for a reason that may pass exits 75
+(``licbench.entry.EXIT_TRANSIENT``), and its task fails with
+``StageFailed.transient`` set: the source is down for now, try the flow later.
+Retrying the task as well would multiply the waits (Prefect's attempts times
+the download's) for no new chance. A bad input (a corrupt image, a checksum
+mismatch, a NaN loss) exits 1.
 
 Concurrency: stage items run ``prefect.workers`` at a time (default: one per
 GPU, each task pinned to its GPU by ``CUDA_VISIBLE_DEVICES``; on the CPU
@@ -56,7 +59,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
 from .entry import EXIT_TRANSIENT
 from .errors import ConfigError, LicbenchError
@@ -64,10 +66,7 @@ from .params import load_params
 from .tracking import FLOW_RUN_ENV
 
 DASK_ADDRESS_ENV = "LICBENCH_DASK_ADDRESS"
-DEFAULTS = {"dask_address": None, "workers": None, "download_retries": 3,
-            "download_retry_delay_s": 30}
-# Stages whose failures may be transient: they download.
-RETRIED_STAGES = ("datasets",)
+DEFAULTS = {"dask_address": None, "workers": None}
 
 
 class StageFailed(LicbenchError):
@@ -273,17 +272,6 @@ def repro_item(repo: str, item: str, env: dict[str, str]) -> str:
     raise StageFailed(item, message, exit_code)
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """Retry condition: only a stage command that exited with EXIT_TRANSIENT."""
-    try:
-        state.result()
-    except StageFailed as exc:
-        return exc.transient
-    except BaseException:
-        return False
-    return False
-
-
 def dask_worker_name() -> str | None:
     if "distributed" not in sys.modules:
         return None
@@ -326,14 +314,9 @@ def stage_item(repo: str, item: str, settings: dict, flow_run_id: str | None) ->
             "host": socket.gethostname(), "pid": os.getpid(), "dask_worker": dask_worker_name()}
 
 
-def item_task(item: str, settings: dict):
-    """``stage_item`` named after the item, retried only where downloads happen."""
-    options = {"name": item.split("@")[0], "task_run_name": item}
-    if item.split("@")[0] in RETRIED_STAGES and settings["download_retries"]:
-        options.update(retries=int(settings["download_retries"]),
-                       retry_delay_seconds=exponential_backoff(float(settings["download_retry_delay_s"])),
-                       retry_condition_fn=retry_if_transient)
-    return stage_item.with_options(**options)
+def item_task(item: str):
+    """``stage_item`` named after the item."""
+    return stage_item.with_options(name=item.split("@")[0], task_run_name=item)
 
 
 @flow(name="licbench-stage-items")
@@ -345,7 +328,7 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
     futures = {}
     for item in items:
         wait_for = [futures[u] for u in upstream[item] if u in futures]
-        futures[item] = item_task(item, settings).submit(repo, item, settings, flow_run_id,
+        futures[item] = item_task(item).submit(repo, item, settings, flow_run_id,
                                                         wait_for=wait_for)
     results, failures = [], []
     for item, future in futures.items():
