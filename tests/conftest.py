@@ -2,6 +2,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ _LEFT_BY_DASK = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
+    # Subprocesses (dvc, and the `python stages/...` it runs) get the
+    # interpreter the tests run under, whatever PATH the caller had.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     # Tests choose their mirror and tracking store explicitly.
     monkeypatch.delenv("LICBENCH_MIRROR", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
