@@ -55,6 +55,21 @@ def test_parallel_run_matches_serial_and_curves_use_compressai_layout(crop_path)
     assert result["jpeg2000"]["description"].startswith("OpenJPEG 2.")
 
 
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_codec_times_setting_times_image(crop_path, workers, caplog, monkeypatch):
+    """Off a terminal (as here), a log line per step at the shortest interval."""
+    import logging
+
+    from licbench import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0)
+    caplog.set_level(logging.INFO, logger="licbench.progress")
+    images = [("a.png", crop_path), ("b.png", crop_path)]
+    run_anchors(images, {"jpeg": [30, 80], "webp": [50]}, workers, desc="anchors crops")
+    counts = [r.getMessage().split(" image")[0] for r in caplog.records]
+    assert counts[:6] == [f"anchors crops: {i}/6" for i in range(1, 7)]
+
 def test_unknown_codec_is_named(crop_path):
     with pytest.raises(ConfigError, match=r"unknown codec\(s\) \['x264'\]"):
         run_anchors([("a.png", crop_path)], {"x264": [30]}, 1)
