@@ -197,6 +197,19 @@ def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path,
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "checkpoint.pt").exists()
 
+
+def test_one_line_per_validation_and_a_summary_line_at_the_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="licbench.train")
+    summary = run(tmp_path, TrainConfig(**dict(SETTINGS, steps=4, val_every=2)), state=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "licbench.train"]
+    validations = [line for line in lines if ": validation at step " in line]
+    assert [line.split(": ")[1] for line in validations] == [
+        "validation at step 2", "validation at step 4"]
+    assert all(" bpp, " in line and " dB PSNR (best: step " in line for line in validations)
+    assert lines[-1].startswith(f"train mbt2018-mean-0.01: 4 steps in {summary['seconds']:.1f} s; last ")
+    assert f"best at step {summary['best_step']}; {tmp_path / 'checkpoint.pt'} (weights " \
+        f"{summary['weights_sha256'][:12]})" in lines[-1]
+
 def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     # lr 0: the validation loss never improves after the first validation.
     settings = dict(SETTINGS, lr=0.0, aux_lr=0.0, steps=40, val_every=1, early_stopping=2, lr_factor=0.5)

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from compressai.losses import RateDistortionLoss
-from tqdm import tqdm
 
 from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
@@ -34,6 +33,7 @@ from .fileio import load_tensors, save_tensors, write_json_atomic
 from .models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,10 @@ def train_model(
             best_weights = _cpu_copy(core.state_dict())
         else:
             progress["bad_validations"] += 1
+        if rank == 0:
+            log.info("train %s: validation at step %d: loss %.4f, %.4f bpp, %.2f dB PSNR (best: step %d)",
+                     model_key(arch, lmbda), step, last_val["loss"], last_val["bpp"], last_val["psnr"],
+                     progress["best_step"])
         if rank == 0 and log_metrics is not None:
             log_metrics({f"val/{k}": v for k, v in last_val.items()}, step)
 
@@ -423,8 +427,8 @@ def train_model(
     session_start = time.perf_counter()
     seconds_before = progress["seconds"]
     first = progress["step"] + 1
-    bar = tqdm(range(first, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step",
-               initial=first - 1, total=cfg.steps, disable=rank != 0)
+    bar = progress_bar(range(first, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step",
+                       initial=first - 1, total=cfg.steps, disable=rank != 0)
     for step in bar:
         t0 = time.perf_counter()
         if partitions is None:
@@ -553,7 +557,22 @@ def train_model(
         )
         if final_state is not None:
             save_train_state(state_path, final_state)
+        log.info("%s", summary_line(summary, checkpoint_path))
     return summary
+
+
+def summary_line(summary: dict, checkpoint_path: str | Path) -> str:
+    """A finished training in one line: steps, time, last losses, best validation, checkpoint."""
+    final = summary["final"]
+    text = (f"train {model_key(summary['arch'], summary['lambda'])}: {summary['steps']} steps"
+            f"{' (stopped early)' if summary['stopped_early'] else ''} in {summary['seconds']:.1f} s")
+    if final:
+        text += f"; last {final['loss']:.4f} loss, {final['bpp']:.4f} bpp, {final['psnr']:.2f} dB"
+    if summary.get("val"):
+        val = summary["val"]
+        text += (f"; validation {val['loss']:.4f} loss, {val['bpp']:.4f} bpp, {val['psnr']:.2f} dB, "
+                 f"best at step {summary['best_step']}")
+    return f"{text}; {checkpoint_path} (weights {summary['weights_sha256'][:12]})"
 
 
 def architecture_config(params: dict, arch: str, lmbda: float) -> dict:
