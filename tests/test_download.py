@@ -171,8 +171,11 @@ def test_a_server_without_ranges_is_read_again_from_the_start(file_server, tmp_p
 def test_a_connection_that_always_drops_is_retried_then_exit_75_through_the_stage(file_server, tmp_path):
     """The real datasets stage command fetching Kodak from its real URL, which
     a proxy on 127.0.0.1 (the test server) cuts after the headers, every time."""
+    from licbench.data.sources import kodak
+
     url = "http://r0k.us/graphics/kodak/kodak/kodim01.png"
-    file_server.routes[url] = [Reply(200, BODY, drop_at=0)]
+    size = next(f.bytes for f in kodak().files if f.relpath == "kodim01.png")
+    file_server.routes[url] = [Reply(200, bytes(size), drop_at=0)]
     env = dict(os.environ, http_proxy=file_server.base, HTTP_PROXY=file_server.base, no_proxy="",
                NO_PROXY="", LICBENCH_DOWNLOAD_RETRIES="2", LICBENCH_DOWNLOAD_BACKOFF_S="0.01")
     env.pop("LICBENCH_MIRROR", None)
