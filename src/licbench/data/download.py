@@ -186,7 +186,7 @@ def download(
                 raise TransientDownloadError(
                     f"{url}: failed after {failures} attempt(s) without progress (last: {exc}){kept}") from None
             delay = min(MAX_DELAY_S, max(backoff * 2 ** (failures - 1), exc.retry_after or 0))
-            log.warning("%s: %s (attempt %d of %d%s); retrying in %.0f s", url, exc, failures,
+            log.warning("%s: %s (attempt %d of %d%s); retrying in %.3g s", url, exc, failures,
                         retries + 1, f", {have} bytes kept" if have else "", delay)
             time.sleep(delay)
 
