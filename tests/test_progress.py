@@ -42,3 +42,13 @@ def test_on_a_terminal_it_is_a_tqdm_bar(monkeypatch, caplog):
     assert type(bar).__name__ == "tqdm"
     assert list(bar) == [0, 1, 2]
     assert caplog.records == []
+
+
+def test_postfix_updates_do_not_add_lines(caplog):
+    """Training sets its postfix every few steps: still one line per interval."""
+    caplog.set_level(logging.INFO, logger="licbench.progress")
+    bar = progress(range(50), desc="train", unit="step", interval=3600)
+    for step in bar:
+        bar.set_postfix(loss=f"{1 / (step + 1):.3f}")
+    assert len(caplog.records) == 1  # the interval is an hour: the end only
+    assert caplog.records[-1].getMessage().startswith("train: 50/50 step (100%)")

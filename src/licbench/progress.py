@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -39,7 +40,9 @@ def _terminal() -> bool:
 
 
 class _LogLines(tqdm):
-    """tqdm that logs its status line instead of redrawing a bar."""
+    """tqdm that logs its status line instead of redrawing a bar: at most one
+    line per ``mininterval`` seconds (``set_postfix`` included), and one when
+    it closes."""
 
     monitor_interval = 0  # no monitor thread: lines come from the updates themselves
 
@@ -48,18 +51,24 @@ class _LogLines(tqdm):
                                 "{elapsed} elapsed, {remaining} left, {rate_fmt}{postfix}"
                                 if kwargs.get("total") is not None or _has_len(args)
                                 else "{desc}: {n_fmt} {unit}, {elapsed} elapsed, {rate_fmt}{postfix}")
-        self._started = False
+        self._logged_at: float | None = None
+        self._closing = False
         super().__init__(*args, file=_Discard(), miniters=1, **kwargs)
 
     def display(self, msg=None, pos=None):
-        # tqdm draws once when it starts: the first line is worth logging only
-        # once there is something to say.
-        if not self._started:
-            self._started = True
-            if self.n == self.initial:
+        now = time.monotonic()
+        if not self._closing:
+            if self._logged_at is None and self.n == self.initial:
+                return True  # tqdm draws once when it starts: nothing to say yet
+            if self._logged_at is not None and now - self._logged_at < self.mininterval:
                 return True
+        self._logged_at = now
         log.info("%s", self.format_meter(**self.format_dict))
         return True
+
+    def close(self):
+        self._closing = True
+        super().close()
 
 
 def _has_len(args) -> bool:
