@@ -212,6 +212,22 @@ def test_an_announced_length_larger_than_the_free_space_is_refused(file_server, 
     assert list(tmp_path.iterdir()) == []
 
 
+
+def test_a_disk_filling_up_during_the_transfer_names_the_file(file_server, tmp_path):
+    """A real write failure (a file-size limit, EFBIG) in a subprocess: the
+    stage's one line names the destination; the bytes that arrived are kept."""
+    file_server.routes["/set.tgz"] = [Reply(200, BODY)]
+    code = ("import resource, sys; from licbench.entry import run_main; "
+            "from licbench.data.download import download; "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); "
+            "run_main(lambda: download(sys.argv[1], 'cache/set.tgz'))")
+    proc = subprocess.run([sys.executable, "-c", code, file_server.url("/set.tgz")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: cache/set.tgz: File too large"
+    assert not (tmp_path / "cache" / "set.tgz").exists()
+    assert (tmp_path / "cache" / ".set.tgz.part").stat().st_size <= 300_000
+
 def test_folders_on_one_file_system_add_up(tmp_path):
     free = __import__("shutil").disk_usage(tmp_path).free
     check_free_space({tmp_path / "a": free // 3, tmp_path / "b": free // 3}, "x")

@@ -247,7 +247,10 @@ def _attempt(url, dest, part, meta_path, sha256, size, reserve, timeout, show_pr
                     raise _network(url, exc) from None
                 if not block:
                     break
-                out.write(block)
+                try:
+                    out.write(block)
+                except OSError as exc:  # a full disk: the file is named, what arrived is kept
+                    raise OSError(exc.errno, exc.strerror, str(dest)) from exc
                 bar.update(len(block))
             received = out.tell()
     if total is not None and received < total:
