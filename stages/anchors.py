@@ -1,5 +1,6 @@
 """DVC stage `anchors@<set>`: classical codecs (JPEG, WebP, JPEG 2000, AVIF, HEVC, JPEG XL) on one set."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.anchors import CODECS, run_anchors_stage

@@ -1,5 +1,6 @@
 """DVC stage `datasets@<set>`: fetch one dataset, verify it, write its manifest."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.config import load_params

@@ -1,5 +1,6 @@
 """DVC stage `evaluate@<arch>-<lambda>-<set>`: code a set to bitstream files, decode, measure."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.config import load_params

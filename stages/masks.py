@@ -1,5 +1,6 @@
 """DVC stage `masks@<set>`: class-agnostic region masks for one set's configured splits."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.config import load_params, resolve_mirror

@@ -1,5 +1,6 @@
 """DVC stage `report@<set>`: RD plots, BD-rate table (Markdown, JSON) and the MLflow report run."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.config import load_params

@@ -1,5 +1,6 @@
 """DVC stage `train@<arch>-<lambda>`: train one model, write its checkpoint."""
 
+import _interpreter  # noqa: F401 -- first: under the wrong python, one line, not a traceback
 import argparse
 
 from licbench.config import load_params

@@ -1,7 +1,11 @@
+import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -62,6 +66,9 @@ _LEFT_BY_DASK = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
+    # Subprocesses (dvc, and the `python stages/...` it runs) get the
+    # interpreter the tests run under, whatever PATH the caller had.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     # Tests choose their mirror and tracking store explicitly.
     monkeypatch.delenv("LICBENCH_MIRROR", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
@@ -92,29 +99,91 @@ def kodak_pair(mirror) -> list[Path]:
     return [mirror / "kodak" / "kodim01.png", mirror / "kodak" / "kodim04.png"]
 
 
+@dataclass
+class Reply:
+    """One response of the FileServer. ``drop_at``: close the connection once
+    the body has reached this byte of the file (a transfer cut off);
+    ``stall_at``/``stall_s``: stop sending there for a while; ``length``: the
+    Content-Length to announce instead of the true one; ``ranges``: honour
+    ``Range`` (and ``If-Range``, against the ETag) as a static file server does."""
+
+    status: int = 200
+    body: bytes = b""
+    drop_at: int | None = None
+    stall_at: int | None = None
+    stall_s: float = 0.0
+    length: int | None = None
+    ranges: bool = True
+    headers: dict = field(default_factory=dict)
+
+
 class FileServer:
-    """A local HTTP server: routes map a path to (status, body) or a list of
-    responses served one per request (the last one repeats)."""
+    """A local HTTP server: routes map a path to a list of responses, (status,
+    body) or :class:`Reply`, served one per request (the last one repeats).
+    ``requests[path]``: the Range header of each request ('' without)."""
 
     def __init__(self):
-        self.routes: dict[str, list[tuple[int, bytes]]] = {}
+        self.routes: dict[str, list] = {}
         self.hits: dict[str, int] = {}
-        routes, hits = self.routes, self.hits
+        self.requests: dict[str, list[str]] = {}
+        routes, hits, seen = self.routes, self.hits, self.requests
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self):
                 hits[self.path] = hits.get(self.path, 0) + 1
+                seen.setdefault(self.path, []).append(self.headers.get("Range", ""))
                 responses = routes.get(self.path, [(404, b"not found")])
-                status, body = responses[min(hits[self.path], len(responses)) - 1]
+                reply = responses[min(hits[self.path], len(responses)) - 1]
+                if not isinstance(reply, Reply):
+                    reply = Reply(*reply)
+                body, start, status = reply.body, 0, reply.status
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                wanted = self.headers.get("Range", "")
+                if status == 200 and reply.ranges and wanted.startswith("bytes=") \
+                        and self.headers.get("If-Range", etag) == etag:
+                    start = int(wanted[len("bytes="):].split("-")[0])
+                    status = 206 if start < len(body) else 416
                 self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Accept-Ranges", "bytes" if reply.ranges else "none")
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                if status == 416:
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                length = reply.length if reply.length is not None else len(body) - start
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self._send(body, start, reply)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a time-out)
+                    self.close_connection = True
+
+            def _send(self, body, start, reply):
+                position = start
+                for mark, action in sorted((m, a) for m, a in ((reply.stall_at, "stall"),
+                                                               (reply.drop_at, "drop"))
+                                           if m is not None and m >= start):
+                    self.wfile.write(body[position:mark])
+                    self.wfile.flush()
+                    position = mark
+                    if action == "drop":
+                        self.close_connection = True
+                        return
+                    time.sleep(reply.stall_s)
+                self.wfile.write(body[position:])
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -68,6 +68,22 @@ def test_unknown_codec_is_named():
         load_params(REPO / "params.yaml", {"anchors": {"codecs": {"x264": [30]}}}, codecs=CODECS)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_codec_times_setting_times_image(crop_path, workers, caplog, monkeypatch):
+    """Off a terminal (as here), a log line per step at the shortest interval."""
+    import logging
+
+    from licbench import progress
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0)
+    caplog.set_level(logging.INFO, logger="licbench.progress")
+    images = [("a.png", crop_path), ("b.png", crop_path)]
+    cfg = anchors_config({"codecs": {"jpeg": [30, 80], "webp": [50]}, "workers": workers})
+    run_anchors(images, cfg, desc="anchors crops")
+    counts = [r.getMessage().split(" image")[0] for r in caplog.records]
+    assert counts[:6] == [f"anchors crops: {i}/6" for i in range(1, 7)]
+
+
 def test_stage_writes_rows_and_curves(mirror, tmp_path):
     root = tmp_path / "data"
     prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)

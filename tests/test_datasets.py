@@ -1,6 +1,10 @@
+import errno
 import hashlib
 import io
+import logging
+import os
 import tarfile
+import zipfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,7 +13,10 @@ from conftest import REPO
 from licbench.config import load_section
 from licbench.data.datasets import manifest_digest, prepare_dataset, run_datasets_stage
 from licbench.data.sources import DatasetSource, ExpectedFile, bsds500, kodak
-from licbench.errors import ChecksumError, DownloadError
+from licbench.errors import ChecksumError, DiskSpaceError, DownloadError
+from licbench.fileio import atomic_path
+
+from conftest import Reply
 
 
 def expected(path, relpath):
@@ -146,3 +153,90 @@ def test_bsds500_from_mirror_keeps_the_splits(mirror, tmp_path):
     assert {(w, h) for w, h in zip(table["width"].to_pylist(), table["height"].to_pylist())} \
         == {(481, 321), (321, 481)}
     assert (tmp_path / "data/bsds500/train/100075.jpg").is_file()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zip_archive_with_nested_folders(mirror, file_server, tmp_path):
+    """DIV2K's layout: DIV2K_train_HR/0001.png inside DIV2K_train_HR.zip."""
+    relpaths = ["train/100075.jpg", "val/101085.jpg"]
+    members = {f"DIV2K/{r}": (mirror / "bsds500" / r).read_bytes() for r in relpaths}
+    members["DIV2K/readme.txt"] = b"not kept"
+    file_server.routes["/set.zip"] = [(200, make_zip(members))]
+    source = DatasetSource(name="zipped", files=tuple(expected(mirror / "bsds500" / r, r) for r in relpaths),
+                           archive_urls=(file_server.url("/set.zip"),), archive_name="set.zip",
+                           archive_prefix="DIV2K/", splits=("train", "val"))
+    table = prepare_dataset(source, tmp_path / "data", tmp_path / "z.parquet", cache_dir=tmp_path / "c")
+    assert sorted(table["path"].to_pylist()) == ["zipped/train/100075.jpg", "zipped/val/101085.jpg"]
+
+
+def test_an_archive_cut_off_mid_transfer_resumes_with_range(mirror, file_server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="licbench.progress")
+    relpaths = ["train/100075.jpg", "val/101085.jpg", "test/100007.jpg"]
+    members = {f"BSR/BSDS500/data/images/{r}": (mirror / "bsds500" / r).read_bytes() for r in relpaths}
+    tgz = make_archive(members)
+    half = len(tgz) // 2
+    file_server.routes["/BSR_bsds500.tgz"] = [Reply(200, tgz, drop_at=half), Reply(200, tgz)]
+    source = archive_source(mirror, file_server, relpaths)
+    table = prepare_dataset(source, tmp_path / "data", tmp_path / "b.parquet", cache_dir=tmp_path / "c")
+    assert table.num_rows == 3
+    assert file_server.requests["/BSR_bsds500.tgz"] == ["", f"bytes={half}-"]
+    assert (tmp_path / "c" / "BSR_bsds500.tgz").read_bytes() == tgz
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["BSR_bsds500.tgz"]
+    # Progress off a terminal: the archive in bytes, then its members.
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("BSR_bsds500.tgz: ") and " B (" in line for line in lines)
+    assert any(line.startswith("bsds-mini: extracting BSR_bsds500.tgz: 3/3 file (100%)") for line in lines)
+
+
+def test_a_set_larger_than_the_free_disk_is_refused_before_fetching(mirror, file_server, tmp_path):
+    huge = ExpectedFile("train/100075.jpg", "0" * 64, 10**15)
+    source = DatasetSource(name="huge", files=(huge,), archive_urls=(file_server.url("/huge.tgz"),),
+                           archive_name="huge.tgz", splits=("train",))
+    with pytest.raises(DiskSpaceError, match=r"^huge \(huge\.tgz and its members\): not enough disk "
+                                             r"space on the file system of .*: needs 1\.00PB, .* free$"):
+        prepare_dataset(source, tmp_path / "data", tmp_path / "h.parquet", cache_dir=tmp_path / "c")
+    assert file_server.hits == {}
+    files = tuple(ExpectedFile(f"kodim0{i}.png", "0" * 64, 10**14) for i in range(1, 10))
+    with pytest.raises(DiskSpaceError, match=r"^downloading files: .* needs 900TB"):
+        prepare_dataset(DatasetSource(name="files", files=files, file_urls=(file_server.url("/"),)),
+                        tmp_path / "data", tmp_path / "f.parquet")
+    assert file_server.hits == {}
+
+
+def test_a_full_disk_while_extracting_names_the_member_not_the_archive(mirror, file_server, tmp_path,
+                                                                        monkeypatch):
+    relpaths = ["train/100075.jpg"]
+    members = {f"BSR/BSDS500/data/images/{r}": (mirror / "bsds500" / r).read_bytes() for r in relpaths}
+    file_server.routes["/BSR_bsds500.tgz"] = [(200, make_archive(members))]
+    source = archive_source(mirror, file_server, relpaths)
+    from licbench.data import datasets
+
+    def full(stream, dest, *args):
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(stream.read(10))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets, "save_stream_verified", full)
+    with pytest.raises(OSError) as caught:
+        prepare_dataset(source, tmp_path / "data", tmp_path / "b.parquet", cache_dir=tmp_path / "c")
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(tmp_path / "data" / "bsds-mini" / "train" / "100075.jpg")
+    assert (tmp_path / "c" / "BSR_bsds500.tgz").is_file()  # the archive is fine: kept
+    assert list((tmp_path / "data" / "bsds-mini").rglob("*.jpg")) == []
+
+
+def test_files_a_killed_run_left_are_not_part_of_the_output(mirror, tmp_path):
+    out = tmp_path / "data" / "kodak"
+    out.mkdir(parents=True)
+    (out / ".kodim01.png.0a1b2c3d4e5f.tmp").write_bytes(b"half")
+    (out / ".kodim02.png.part").write_bytes(b"half")
+    (out / ".kodim02.png.part.json").write_text("{}")
+    prepare_dataset(kodak(), tmp_path / "data", tmp_path / "k.parquet", mirror=mirror)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.relpath for f in kodak().files)

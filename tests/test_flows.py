@@ -1,7 +1,8 @@
 """Prefect flows (licbench.flows) on tiny params, against Prefect's test harness:
 the DAG flow leaves what `dvc repro` leaves, the lambda fan-out runs at once (on
-a local Dask cluster of 2 workers), transient failures are retried and bad
-input is not. The deployments, on a real server and worker: test_deployments.py."""
+a local Dask cluster of 2 workers), a failed item fails its task once (downloads
+retry inside the stage command), bad input fails at once. The deployments, on
+a real server and worker: test_deployments.py."""
 
 import json
 import os
@@ -27,11 +28,8 @@ from licbench.errors import ConfigError
 from licbench.flows import StageFailed
 
 BIN = Path(sys.executable).parent
-# Two workers, and quick retries.
-TINY_FLOWS = dict(
-    TINY,
-    prefect={"dask_address": None, "workers": 2, "download_retries": 2, "download_retry_delay_s": 1},
-)
+# Two workers.
+TINY_FLOWS = dict(TINY, prefect={"dask_address": None, "workers": 2})
 LAMBDAS = ("mbt2018-mean-0.01", "mbt2018-mean-0.05")
 
 
@@ -269,17 +267,15 @@ def main():
     attempts = Path("attempts.txt")
     n = int(attempts.read_text()) + 1 if attempts.exists() else 1
     attempts.write_text(str(n))
-    if n == 1:
-        raise TransientDownloadError("http://example.org/set.tgz: failed after 5 attempts: HTTP 503")
-    Path("data").mkdir(exist_ok=True)
-    Path("data", sys.argv[1]).write_text("fetched")
+    raise TransientDownloadError("http://example.org/set.tgz: failed after 6 attempt(s) without progress")
 
 run_main(main)
 """
 
 
-def test_transient_download_failure_is_retried(harness, tmp_path, monkeypatch):
-    """A datasets item whose command fails once with exit 75 and then succeeds."""
+def test_a_transient_download_failure_fails_its_task_once(harness, tmp_path, monkeypatch):
+    """Downloads retry inside the stage command (licbench.data.download): a
+    datasets item that still exits 75 is not run again by the flow."""
     repo = tmp_path / "mini"
     repo.mkdir()
     (repo / "fetch.py").write_text(FLAKY)
@@ -288,25 +284,24 @@ def test_transient_download_failure_is_retried(harness, tmp_path, monkeypatch):
                                      "outs": ["data/${item}"]}}}}))
     # The flow reads a whole params file (it checks it as the stages do).
     (repo / "params.yaml").write_text(yaml.safe_dump(with_overrides(read_params_file(REPO / "params.yaml"), {
-        "mlflow": {"experiment": "licbench"},
-        "prefect": {"workers": 1, "download_retries": 2, "download_retry_delay_s": 1}}), sort_keys=False))
+        "mlflow": {"experiment": "licbench"}, "prefect": {"workers": 1}}), sort_keys=False))
     (repo / ".gitignore").write_text("attempts.txt\nmlruns.db\nmlartifacts/\n")
     run(["git", "init", "-q"], repo)
     run([str(BIN / "dvc"), "init", "-q"], repo)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
 
     state = flows.dag(repo=str(repo), return_state=True)
-    [result] = state.result()
-    assert result["item"] == "datasets@flaky" and result["outcome"] == "ran"
-    assert (repo / "attempts.txt").read_text() == "2"
+    assert state.is_failed()
+    with pytest.raises(StageFailed, match=r"datasets@flaky: error: http://example.org/set.tgz: failed") as caught:
+        state.result()
+    assert caught.value.exit_code == 75 and caught.value.transient
+    assert (repo / "attempts.txt").read_text() == "1"
     task_run = subflow_task_runs(state.state_details.flow_run_id)["datasets@flaky"]
-    assert task_run.run_count == 2 and task_run.state.is_completed()
-    assert json.loads(dvc("status", "--json", cwd=repo)) == {}
+    assert task_run.run_count == 1 and task_run.state.is_failed()
 
 
 def test_corrupt_image_fails_at_once(harness, stage_env, mirror, tmp_path, monkeypatch):
-    """The datasets items are retried on transient failures only: a corrupt
-    image in the mirror is attempted once and named in the error."""
+    """A corrupt image in the mirror is attempted once and named in the error."""
     bad_mirror = tmp_path / "mirror"
     shutil.copytree(mirror / "kodak", bad_mirror / "kodak")
     data = bytearray((bad_mirror / "kodak" / "kodim07.png").read_bytes())

@@ -218,6 +218,26 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     assert {"bd_rate.md", "bd_rate.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
 
 
+def test_the_stage_prints_a_short_summary_with_the_path_of_the_table(data_root, tmp_path, monkeypatch,
+                                                                     capsys, caplog):
+    import logging
+
+    from licbench.report.rd import run_report_stage
+
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="licbench.report.rd")
+    report = run_report_stage(REPORT, "kodak", tmp_path / "out", data_root, archs=["toy"],
+                              lambdas=LAMBDAS, experiment="test")
+    assert capsys.readouterr().out == ""  # not the whole table
+    lines = [r.getMessage() for r in caplog.records if r.name == "licbench.report.rd"]
+    summary = lines[:3]
+    assert summary[0] == "report kodak: BD-rate at equal PSNR (pchip; negative: fewer bits than the anchor)"
+    assert summary[1].startswith("  toy: jpeg -20.00%, far n/a, published_")
+    notes = sum(1 for line in report.markdown.splitlines() if line.startswith("- toy vs "))
+    assert summary[2] == (f"{notes} warning(s) (n/a, few points, little overlap) and the full table: "
+                          f"{tmp_path / 'out' / 'bd_rate.md'}")
+
+
 def test_saturating_model_gets_no_bd_rate_but_a_bd_psnr(tmp_path):
     # The top lambda gains rate but loses quality: rate as a function of
     # quality does not exist, so no BD-rate; quality as a function of rate does.

@@ -176,6 +176,45 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+
+@pytest.mark.parametrize("bad, clip", [(math.nan, 1.0), (math.inf, 1.0), (math.inf, 0.0)])
+def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path, monkeypatch):
+    """The loss stays finite; one gradient is NaN or infinite at step 6 (with
+    gradient clipping and without)."""
+    build, steps = train.build_model, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(grad):
+            steps["n"] += 1
+            return grad * bad if steps["n"] == 6 else grad
+
+        model.g_a[0].weight.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(train, "build_model", poisoned)
+    with pytest.raises(TrainingError, match=rf"gradient norm is {bad} at step 6 \(loss [0-9.]+\); "
+                                            r"the last good state"):
+        run(tmp_path, TrainConfig(**dict(SETTINGS, clip_max_norm=clip)))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["step"] == 3 and not state["finished"]
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_one_line_per_validation_and_a_summary_line_at_the_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="licbench.train")
+    summary = run(tmp_path, TrainConfig(**dict(SETTINGS, steps=4, val_every=2)), state=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "licbench.train"]
+    validations = [line for line in lines if ": validation at step " in line]
+    assert [line.split(": ")[1] for line in validations] == [
+        "validation at step 2", "validation at step 4"]
+    assert all(" bpp, " in line and " dB PSNR (best: step " in line for line in validations)
+    assert lines[-1].startswith(f"train mbt2018-mean-0.01: 4 steps in {summary['seconds']:.1f} s; last ")
+    assert f"best at step {summary['best_step']}; {tmp_path / 'checkpoint.pt'} (weights " \
+        f"{summary['weights_sha256'][:12]})" in lines[-1]
+
 def test_plateau_decay_early_stopping_and_the_best_checkpoint(tmp_path):
     # lr 0: the validation loss never improves after the first validation.
     # params.yaml refuses it (a training that trains nothing); here it is the point.

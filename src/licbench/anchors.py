@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -50,6 +50,7 @@ from .data.images import load_rgb8
 from .errors import ConfigError, LicbenchError
 from .fileio import atomic_path, write_json_atomic
 from .metrics import bpp_from_bytes, ms_ssim, psnr
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -334,19 +335,34 @@ def available_codecs(cfg: AnchorsConfig) -> dict[str, BinariesConfig | None]:
     return out
 
 
-def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig) -> pa.Table:
+def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig, desc: str = "anchors") -> pa.Table:
     """Every runnable codec of ``cfg`` at each of its settings on each image,
     ``anchors.workers`` images at a time."""
     runnable = available_codecs(cfg)
     jobs = [(codec, s, name, str(path), runnable[codec]) for codec, settings in cfg.codecs.items()
             if codec in runnable for s in settings for name, path in images]
     workers = cfg.workers or os.cpu_count() or 1
-    if workers <= 1:
-        rows = [code_image(*job) for job in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            rows = list(pool.map(code_image, *zip(*jobs), chunksize=4)) if jobs else []
+    # One step per codec x setting x image: VTM takes minutes per image.
+    bar = progress(total=len(jobs), desc=desc, unit="image")
+    with bar:
+        if workers <= 1 or len(jobs) <= 1:
+            rows = []
+            for job in jobs:
+                bar.set_postfix_str(f"{job[0]} {job[1]:g}", refresh=False)
+                rows.append(code_image(*job))
+                bar.update()
+        else:
+            pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+            try:
+                futures = [pool.submit(code_image, *job) for job in jobs]
+                for future in as_completed(futures):
+                    future.result()  # the first failure stops the stage
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+            rows = [f.result() for f in futures]
     return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
 
@@ -389,7 +405,7 @@ def run_anchors_stage(cfg: AnchorsConfig, dataset: str, out_dir: str | Path,
     images = evaluation_images(dataset, data_root, cfg.max_images)
     log.info("%s: %d codecs x their settings on %d images, %d workers",
              dataset, len(cfg.codecs), len(images), cfg.workers or os.cpu_count() or 1)
-    table = run_anchors(images, cfg)
+    table = run_anchors(images, cfg, desc=f"anchors {dataset}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "per_image.parquet") as tmp:
         pq.write_table(table, tmp)

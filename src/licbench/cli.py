@@ -1,9 +1,10 @@
 """The ``licbench`` command: compress, decompress and inspect files, evaluate
 models, check params files.
 
-Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used);
-2 bad usage (a params file refused); 3 model problem (checkpoint unreadable, or
-not the weights a bitstream was made with); 130 interrupted.
+Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used),
+or an output that cannot be written (a full disk); 2 bad usage (a params file
+refused); 3 model problem (checkpoint unreadable, or not the weights a
+bitstream was made with); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -250,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_MODEL
     except LicbenchError as exc:
         print(f"licbench: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        from .entry import os_error_line
+
+        print(f"licbench: error: {os_error_line(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("licbench: interrupted", file=sys.stderr)

@@ -252,8 +252,6 @@ class PrefectConfig(Section):
     KEY: ClassVar[str] = "prefect"
     dask_address: str | None  # LICBENCH_DASK_ADDRESS wins over it
     workers: PositiveInt | None  # null: one per GPU, or min(4, CPU cores)
-    download_retries: Count
-    download_retry_delay_s: NonNegative
 
 
 class Params(Section):

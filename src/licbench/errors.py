@@ -15,6 +15,10 @@ class TransientDownloadError(DownloadError):
     whole stage again later may succeed. Stage commands exit with 75 on it."""
 
 
+class DiskSpaceError(LicbenchError):
+    """Not enough free space for what a stage is about to write; nothing was started."""
+
+
 class ChecksumError(LicbenchError):
     """A file's sha256 differs from the published one; the file was not kept."""
 
@@ -29,6 +33,11 @@ class FormatError(LicbenchError):
 
 class CheckpointError(LicbenchError):
     """A checkpoint that cannot be loaded (missing, damaged, wrong content)."""
+
+
+class PickledCodeError(CheckpointError):
+    """A torch file (checkpoint, training state, weights) whose pickle would
+    import and call code, not only rebuild tensors: refused without running it."""
 
 
 class ConfigError(LicbenchError):

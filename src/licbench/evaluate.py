@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
 from .coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
 from .coding.container import read_bitstream, write_bitstream
@@ -25,6 +24,7 @@ from .data.images import load_rgb8
 from .fileio import atomic_path, write_json_atomic
 from .metrics import bpp_from_bytes, bpp_from_likelihoods, ms_ssim, psnr
 from .models import Checkpoint, get_architecture, load_checkpoint
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     """
     out_dir = Path(out_dir)
     rows = []
-    for name, path in tqdm(image_paths, desc=f"evaluate {ckpt.key}", unit="image"):
+    for name, path in progress(image_paths, desc=f"evaluate {ckpt.key}", unit="image"):
         # "kodak/kodim01.png" -> bitstreams/kodim01.lic; subfolders of the set are kept.
         inside_set = Path(*Path(name).parts[1:]) if len(Path(name).parts) > 1 else Path(name)
         bitstream = out_dir / "bitstreams" / inside_set.with_suffix(".lic")

@@ -22,11 +22,14 @@ fails when another process holds it: DVC PR 8118). The alternative, calling
 the stage functions here and ``dvc commit`` afterwards, would skip DVC's
 staleness check and run cache, and trust this module to list every out.
 
-Retries: a stage command exits 75 (``licbench.entry.EXIT_TRANSIENT``) when a
-download failed for a reason that may pass; only then, and only for the
-``datasets`` items, the task is tried again with exponential backoff. A bad
-input (a corrupt image, a checksum mismatch, a NaN loss) exits 1 and fails the
-task at once.
+Retries: none here. Downloads retry inside the stage command, once, with one
+policy (``licbench.data.download``: backoff, and each attempt resumes where the
+last stopped); a command that still fails for a reason that may pass exits 75
+(``licbench.entry.EXIT_TRANSIENT``), and its task fails with
+``StageFailed.transient`` set: the source is down for now, try the flow later.
+Retrying the task as well would multiply the waits (Prefect's attempts times
+the download's) for no new chance. A bad input (a corrupt image, a checksum
+mismatch, a NaN loss) exits 1.
 
 Concurrency: stage items run ``prefect.workers`` at a time (default: one per
 GPU, each task pinned to its GPU by ``CUDA_VISIBLE_DEVICES``; on the CPU
@@ -35,10 +38,10 @@ GPU, each task pinned to its GPU by ``CUDA_VISIBLE_DEVICES``; on the CPU
 ``LICBENCH_DASK_ADDRESS`` / ``prefect.dask_address`` (the workers must see the
 repository at the same path).
 
-MLflow: the flow creates the tracking store and experiment once before any
-stage starts (two stages creating a SQLite store at once collide), and passes
-its flow run id to the stage commands (``LICBENCH_PREFECT_FLOW_RUN_ID``), which
-tag their runs ``prefect.flow_run_id`` (``licbench.tracking``).
+MLflow: the flow passes its flow run id to the stage commands
+(``LICBENCH_PREFECT_FLOW_RUN_ID``), which tag their runs ``prefect.flow_run_id``
+(``licbench.tracking``, which also makes a fresh SQLite store safe for stages
+that start at once).
 """
 
 from __future__ import annotations
@@ -56,7 +59,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 
 from .entry import EXIT_TRANSIENT
 from .errors import ConfigError, LicbenchError
@@ -64,8 +66,6 @@ from .config import Params, PrefectConfig, load_params
 from .tracking import FLOW_RUN_ENV
 
 DASK_ADDRESS_ENV = "LICBENCH_DASK_ADDRESS"
-# Stages whose failures may be transient: they download.
-RETRIED_STAGES = ("datasets",)
 
 
 class StageFailed(LicbenchError):
@@ -265,17 +265,6 @@ def repro_item(repo: str, item: str, env: dict[str, str]) -> str:
     raise StageFailed(item, message, exit_code)
 
 
-def retry_if_transient(task, task_run, state) -> bool:
-    """Retry condition: only a stage command that exited with EXIT_TRANSIENT."""
-    try:
-        state.result()
-    except StageFailed as exc:
-        return exc.transient
-    except BaseException:
-        return False
-    return False
-
-
 def dask_worker_name() -> str | None:
     if "distributed" not in sys.modules:
         return None
@@ -318,25 +307,9 @@ def stage_item(repo: str, item: str, settings: dict, flow_run_id: str | None) ->
             "host": socket.gethostname(), "pid": os.getpid(), "dask_worker": dask_worker_name()}
 
 
-def item_task(item: str, settings: dict):
-    """``stage_item`` named after the item, retried only where downloads happen."""
-    options = {"name": item.split("@")[0], "task_run_name": item}
-    if item.split("@")[0] in RETRIED_STAGES and settings["download_retries"]:
-        options.update(retries=int(settings["download_retries"]),
-                       retry_delay_seconds=exponential_backoff(float(settings["download_retry_delay_s"])),
-                       retry_condition_fn=retry_if_transient)
-    return stage_item.with_options(**options)
-
-
-@task(name="tracking-store")
-def prepare_tracking(repo: str, experiment: str) -> None:
-    """Create the MLflow store and experiment once, as the stages would (same
-    working directory and environment), before any of them starts."""
-    code = "import sys; from licbench.tracking import use_experiment; use_experiment(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, experiment], cwd=repo,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"creating the MLflow experiment {experiment!r} failed:\n{proc.stderr[-2000:]}")
+def item_task(item: str):
+    """``stage_item`` named after the item."""
+    return stage_item.with_options(name=item.split("@")[0], task_run_name=item)
 
 
 @flow(name="licbench-stage-items")
@@ -345,12 +318,10 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
     """Run ``items`` (upstream first), each once its upstream items in this run
     succeeded; independent items at the same time."""
     logger = get_run_logger()
-    experiment = load_params(Path(repo) / "params.yaml").mlflow.experiment
-    tracking = prepare_tracking.submit(repo, experiment)
     futures = {}
     for item in items:
-        wait_for = [tracking] + [futures[u] for u in upstream[item] if u in futures]
-        futures[item] = item_task(item, settings).submit(repo, item, settings, flow_run_id,
+        wait_for = [futures[u] for u in upstream[item] if u in futures]
+        futures[item] = item_task(item).submit(repo, item, settings, flow_run_id,
                                                         wait_for=wait_for)
     results, failures = [], []
     for item, future in futures.items():
@@ -363,7 +334,6 @@ def stage_items(repo: str, items: list[str], upstream: dict[str, list[str]], set
     if failures:
         # The first failure (in DAG order) is the cause; later items did not run.
         futures[failures[0]].result()
-    tracking.result()
     not_run = [i for i in items if i not in {r["item"] for r in results}]
     if not_run:
         raise RuntimeError(f"stage items that did not run: {not_run}")

@@ -11,6 +11,7 @@ run that ran the stage (``prefect.flow_run_id``), when one did: the flows in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -30,23 +31,42 @@ def tracking_uri() -> str:
 
 
 def use_experiment(name: str) -> str:
-    """Point MLflow at the tracking store and experiment; return the experiment id."""
+    """Point MLflow at the tracking store and experiment; return the experiment id.
+
+    A SQLite store is opened (so created, on first use) and the experiment
+    created under a file lock beside the database: MLflow creates a fresh
+    store's tables without one, and two stages starting at once on it (two
+    ``dvc exp run --queue`` workers, two ``python stages/train.py``) would
+    crash one of them (``table experiments already exists``).
+    """
     # MLflow is slow to import; only the stages that log pay for it.
     import mlflow
+    from filelock import FileLock
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
-        return experiment.experiment_id
-    artifact_location = None
-    if uri == DEFAULT_TRACKING_URI:
-        # Keep artifacts beside the database, wherever `mlflow ui` is started from.
-        artifact_location = Path("mlartifacts").resolve().as_uri()
-    experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+    database = sqlite_path(uri)
+    lock = FileLock(f"{database}.lock") if database else contextlib.nullcontext()
+    with lock:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            mlflow.set_experiment(experiment_id=experiment.experiment_id)
+            return experiment.experiment_id
+        artifact_location = None
+        if uri == DEFAULT_TRACKING_URI:
+            # Keep artifacts beside the database, wherever `mlflow ui` is started from.
+            artifact_location = Path("mlartifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for any other store)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix):] in ("", ":memory:"):
+        return None
+    return Path(uri[len(prefix):].split("?", 1)[0])
 
 
 def run_tags() -> dict[str, str]:

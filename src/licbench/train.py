@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from compressai.losses import RateDistortionLoss
-from tqdm import tqdm
 
 from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from .data.datasets import manifest_digest, read_manifest
 from .config import TrainConfig, resolve_device
-from .errors import ConfigError, TrainingError
-from .fileio import atomic_path, write_json_atomic
+from .errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
+from .fileio import load_tensors, save_tensors, write_json_atomic
 from .models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +144,17 @@ def set_rng_state(state: dict) -> None:
 
 def load_train_state(path: str | Path, digest: str) -> dict | None:
     """The state saved at ``path`` if it resumes a run with this digest, else None
-    (saying why in the log). ``mmap`` makes a peek at a large state cheap."""
+    (saying why in the log); a state holding pickled code is refused
+    (PickledCodeError). ``mmap`` makes a peek at a large state cheap."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
-        log.warning("%s: unreadable training state (%s); training from the start", path, exc)
+        state = load_tensors(path, "training state", mmap=True)
+    except PickledCodeError:
+        raise
+    except CheckpointError as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
+        log.warning("%s; training from the start", exc)
         return None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT \
             or state.get("version") != STATE_VERSION:
@@ -168,9 +171,13 @@ def load_train_state(path: str | Path, digest: str) -> dict | None:
     return state
 
 
+def no_state_or_last_good(state_path: str | Path | None) -> str:
+    return "no resumable state is kept (no state file)" if state_path is None else \
+        f"the last good state ({state_path}) stays on disk"
+
+
 def save_train_state(path: str | Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_tensors(path, state)
 
 
 def _cpu_copy(state_dict: dict) -> dict:
@@ -351,6 +358,10 @@ def train_model(
             best_weights = _cpu_copy(core.state_dict())
         else:
             progress["bad_validations"] += 1
+        if rank == 0:
+            log.info("train %s: validation at step %d: loss %.4f, %.4f bpp, %.2f dB PSNR (best: step %d)",
+                     model_key(arch, lmbda), step, last_val["loss"], last_val["bpp"], last_val["psnr"],
+                     progress["best_step"])
         if rank == 0 and log_metrics is not None:
             log_metrics({f"val/{k}": v for k, v in last_val.items()}, step)
 
@@ -359,8 +370,8 @@ def train_model(
     session_start = time.perf_counter()
     seconds_before = progress["seconds"]
     first = progress["step"] + 1
-    bar = tqdm(range(first, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step",
-               initial=first - 1, total=cfg.steps, disable=rank != 0)
+    bar = progress_bar(range(first, cfg.steps + 1), desc=f"train {model_key(arch, lmbda)}", unit="step",
+                       initial=first - 1, total=cfg.steps, disable=rank != 0)
     for step in bar:
         t0 = time.perf_counter()
         if partitions is None:
@@ -387,16 +398,23 @@ def train_model(
         terms = all_reduce_mean(torch.stack([loss, losses["bpp_loss"], losses["mse_loss"]]).detach())
         loss_v, bpp_v, mse_v = terms.tolist()
         if not math.isfinite(loss_v):
-            saved = "no resumable state is kept (no state file)" if state_path is None else \
-                f"the last good state ({state_path}) stays on disk"
             raise TrainingError(
                 f"training {model_key(arch, lmbda)}: loss is {loss_v} at step {step} "
-                f"(bpp {bpp_v}, mse {mse_v}); {saved}. Lower the learning rate or check the data."
+                f"(bpp {bpp_v}, mse {mse_v}); {no_state_or_last_good(state_path)}. "
+                "Lower the learning rate or check the data."
             )
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_max_norm) \
-            if cfg.clip_max_norm > 0 else None
+            if cfg.clip_max_norm > 0 else \
+            torch.nn.utils.get_total_norm([p.grad for p in main_params if p.grad is not None])
+        # fp16's scaler skips a step with an overflowed gradient by design.
+        if scaler is None and not math.isfinite(float(grad_norm)):
+            raise TrainingError(
+                f"training {model_key(arch, lmbda)}: gradient norm is {float(grad_norm)} at step {step} "
+                f"(loss {loss_v:.6g}); {no_state_or_last_good(state_path)}. "
+                "Lower the learning rate or check the data."
+            )
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -410,9 +428,8 @@ def train_model(
         step_seconds += t2 - t1
         progress["step"] = step
 
-        record = {"loss": loss_v, "bpp": bpp_v, "mse": mse_v, "aux_loss": aux_loss.item()}
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
+        record = {"loss": loss_v, "bpp": bpp_v, "mse": mse_v, "aux_loss": aux_loss.item(),
+                  "grad_norm": float(grad_norm)}
         window.append(record)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean = {k: float(np.mean([r[k] for r in window])) for k in window[0]}
@@ -483,6 +500,7 @@ def train_model(
         )
         if final_state is not None:
             save_train_state(state_path, final_state)
+        log.info("%s", summary_line(summary, checkpoint_path))
     return summary
 
 
@@ -500,6 +518,20 @@ def check_crops(cfg: TrainConfig, manifest) -> None:
         if size > min(width, height):
             raise cfg.error(field, f"{size} is larger than {path} ({width} x {height}), the smallest "
                             f"image of {cfg.dataset} {split}", f"at most {min(width, height)}")
+
+
+def summary_line(summary: dict, checkpoint_path: str | Path) -> str:
+    """A finished training in one line: steps, time, last losses, best validation, checkpoint."""
+    final = summary["final"]
+    text = (f"train {model_key(summary['arch'], summary['lambda'])}: {summary['steps']} steps"
+            f"{' (stopped early)' if summary['stopped_early'] else ''} in {summary['seconds']:.1f} s")
+    if final:
+        text += f"; last {final['loss']:.4f} loss, {final['bpp']:.4f} bpp, {final['psnr']:.2f} dB"
+    if summary.get("val"):
+        val = summary["val"]
+        text += (f"; validation {val['loss']:.4f} loss, {val['bpp']:.4f} bpp, {val['psnr']:.2f} dB, "
+                 f"best at step {summary['best_step']}")
+    return f"{text}; {checkpoint_path} (weights {summary['weights_sha256'][:12]})"
 
 
 def run_train_stage(

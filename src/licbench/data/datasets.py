@@ -6,7 +6,10 @@ import hashlib
 import logging
 import os
 import tarfile
+import zipfile
+import zlib
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,8 +18,9 @@ from PIL import Image
 from ..config import DatasetsConfig, resolve_mirror
 from ..errors import ChecksumError, DownloadError, ImageError
 from ..fileio import atomic_path, sha256_file
-from .download import copy_verified, download_first, save_stream_verified
-from .sources import DatasetSource
+from ..progress import progress
+from .download import check_free_space, copy_verified, download_first, save_stream_verified
+from .sources import DatasetSource, ExpectedFile
 
 log = logging.getLogger(__name__)
 
@@ -42,56 +46,99 @@ def _list_missing(names: list[str], where: str, limit: int = 20) -> str:
     return f"{where} lacks {len(names)} file(s): {shown}{more}"
 
 
+def _missing(source: DatasetSource, out_dir: Path) -> list[ExpectedFile]:
+    """The files of ``source`` not yet in ``out_dir`` with their pinned bytes."""
+    return [f for f in source.files if not _present(out_dir / f.relpath, f.sha256)]
+
+
 def fetch_from_mirror(source: DatasetSource, mirror: Path, out_dir: Path) -> None:
     root = mirror / source.name
     missing = [f.relpath for f in source.files if not (root / f.relpath).is_file()]
     if missing:
         raise DownloadError(_list_missing(missing, f"mirror {root}"))
-    for f in source.files:
-        dest = out_dir / f.relpath
-        if not _present(dest, f.sha256):
-            copy_verified(root / f.relpath, dest, f.sha256)
+    todo = _missing(source, out_dir)
+    check_free_space({out_dir: sum(f.bytes for f in todo)}, f"{source.name} from {root}")
+    for f in progress(todo, desc=f"{source.name} from the mirror", unit="file"):
+        copy_verified(root / f.relpath, out_dir / f.relpath, f.sha256)
 
 
 def fetch_files(source: DatasetSource, out_dir: Path) -> None:
-    for f in source.files:
-        dest = out_dir / f.relpath
-        if not _present(dest, f.sha256):
-            download_first([base + f.relpath for base in source.file_urls], dest, f.sha256)
+    todo = _missing(source, out_dir)
+    check_free_space({out_dir: sum(f.bytes for f in todo)}, f"downloading {source.name}")
+    for f in progress(todo, desc=f"{source.name} download", unit="file"):
+        download_first([base + f.relpath for base in source.file_urls], out_dir / f.relpath, f.sha256,
+                       size=f.bytes, show_progress=False)
 
 
 def extract_archive(source: DatasetSource, archive: Path, out_dir: Path) -> None:
-    """Keep the expected members of ``archive``, each verified before it is renamed."""
+    """Keep the expected members of ``archive`` (tar, compressed or not, or
+    zip), each streamed to disk and verified before it is renamed."""
     expected = {source.archive_prefix + f.relpath: f for f in source.files}
-    todo = {name for name, f in expected.items() if not _present(out_dir / f.relpath, f.sha256)}
+    todo = {source.archive_prefix + f.relpath for f in _missing(source, out_dir)}
+    bar = progress(desc=f"{source.name}: extracting {archive.name}", total=len(todo), unit="file")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                if member.name not in todo or not member.isfile():
-                    continue
-                f = expected[member.name]
-                stream = tar.extractfile(member)
-                save_stream_verified(stream, out_dir / f.relpath, f.sha256, f"{archive}:{member.name}")
-                todo.discard(member.name)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        with bar:
+            for name, stream in _members(archive, todo):
+                f = expected[name]
+                save_stream_verified(stream, out_dir / f.relpath, f.sha256, f"{archive}:{name}")
+                todo.discard(name)
+                bar.update(1)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) != archive:
+            raise  # writing a member (a full disk): not the archive's fault
+        raise DownloadError(f"{archive}: damaged archive ({exc}); delete it to download again") from None
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise DownloadError(f"{archive}: damaged archive ({exc}); delete it to download again") from None
     if todo:
         names = sorted(n[len(source.archive_prefix):] for n in todo)
         raise DownloadError(_list_missing(names, f"archive {archive}"))
 
 
+def _members(archive: Path, wanted: set[str]) -> Iterator[tuple[str, BinaryIO]]:
+    """(name, readable stream) of each regular member named in ``wanted``, in
+    archive order; nothing is held in memory beyond one read."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.filename in wanted and not info.is_dir():
+                    with zf.open(info) as stream:
+                        yield info.filename, stream
+        return
+    with tarfile.open(archive, "r|*") as tar:  # a stream: one pass, no seeking back
+        for member in tar:
+            if member.name in wanted and member.isfile():
+                yield member.name, tar.extractfile(member)
+
+
 def fetch_archive(source: DatasetSource, out_dir: Path, cache_dir: Path) -> None:
     archive = cache_dir / source.archive_name
+    members = sum(f.bytes for f in _missing(source, out_dir))
     if not archive.is_file():
+        # The members first, so that a disk too small is said before the
+        # archive is fetched (the archive's own size once the server gives it).
+        check_free_space({out_dir: members, cache_dir: source.archive_bytes or 0},
+                         f"{source.name} ({source.archive_name} and its members)")
         log.info("downloading %s to %s", source.archive_name, cache_dir)
-        download_first(source.archive_urls, archive)
+        download_first(source.archive_urls, archive, source.archive_sha256,
+                       size=source.archive_bytes, reserve={out_dir: members})
+    else:
+        check_free_space({out_dir: members}, f"{source.name}: extracting {archive}")
     try:
         extract_archive(source, archive, out_dir)
     except ChecksumError:
-        # The members are pinned, the archive is not: a bad member means a bad
-        # archive, so drop it and let the next run fetch it again.
+        # The members are pinned, the archive may not be: a bad member means a
+        # bad archive, so drop it and let the next run fetch it again.
         archive.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Temporary files a killed run left in ``out_dir`` (``.<name>.<random>.tmp``
+    of atomic writes, ``.<name>.part`` of downloads): they would become part of
+    the DVC output."""
+    for path in out_dir.rglob(".*"):
+        if path.is_file() and path.name.endswith((".tmp", ".part", ".part.json")):
+            path.unlink()
 
 
 def build_manifest(source: DatasetSource, out_dir: Path, data_root: Path) -> pa.Table:
@@ -165,6 +212,7 @@ def prepare_dataset(
         fetch_files(source, out_dir)
     else:
         fetch_archive(source, out_dir, cache_dir or default_cache_dir())
+    remove_leftovers(out_dir)
     table = build_manifest(source, out_dir, data_root)
     write_manifest(table, Path(manifest_path))
     log.info("%s: %d files verified, manifest %s", source.name, table.num_rows, manifest_path)

@@ -23,8 +23,9 @@ class DatasetSource:
     """A dataset, as files fetched one by one or as members of one archive.
 
     ``file_urls``: base URLs; file ``relpath`` is fetched from ``base + relpath``
-    (tried in order). ``archive_urls``: one archive (tried in order) whose member
-    ``archive_prefix + relpath`` becomes ``relpath``.
+    (tried in order). ``archive_urls``: one archive, tar (compressed or not) or
+    zip (tried in order), whose member ``archive_prefix + relpath`` becomes
+    ``relpath``.
     """
 
     name: str
@@ -33,6 +34,10 @@ class DatasetSource:
     archive_urls: tuple[str, ...] = ()
     archive_name: str = ""
     archive_prefix: str = ""
+    # The archive's own size and sha256 where the publisher gives them: the
+    # size is checked against the free disk space before anything is fetched.
+    archive_bytes: int | None = None
+    archive_sha256: str | None = None
     # Split of a file: its first path component when it is one of these,
     # else ``default_split``.
     splits: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..config import FallbackConfig, MasksConfig, SamConfig, resolve_device
 from ..errors import CheckpointError, ConfigError, DownloadError
+from ..fileio import load_tensors
 from .rle import encode_rle
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,8 @@ def sam_settings(cfg: SamConfig) -> dict:
 
 def load_sam(model_type: str, checkpoint: str | Path, build: Callable[[], object] | None = None):
     """SAM of ``model_type`` with the weights of ``checkpoint`` (a state dict),
-    loaded with ``torch.load(weights_only=True)``. ``build``: makes the empty
+    read by :func:`licbench.fileio.load_tensors`. ``build``: makes the empty
     model instead of segment-anything's registry (tests use a tiny SAM)."""
-    import torch
     from segment_anything import sam_model_registry
 
     if build is None:
@@ -178,12 +178,7 @@ def load_sam(model_type: str, checkpoint: str | Path, build: Callable[[], object
             raise ConfigError(f"unknown SAM model type {model_type!r}")
         build = lambda: sam_model_registry[model_type](checkpoint=None)  # noqa: E731
     model = build()
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint}: no such SAM checkpoint") from None
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise CheckpointError(f"{checkpoint}: not a loadable SAM checkpoint: {exc}") from None
+    state = load_tensors(checkpoint, "SAM checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
     try:
@@ -269,7 +264,7 @@ def fetch_checkpoint(cfg: SamConfig, mirror: Path | None, cache_dir: Path) -> tu
         copy_verified(candidate, dest, sha256)
         return dest, sha256
     log.info("downloading SAM checkpoint %s", source)
-    download(str(source), dest, sha256, retries=2)
+    download(str(source), dest, sha256)
     return dest, sha256
 
 

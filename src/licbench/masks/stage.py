@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from ..config import MasksConfig
 from ..data.images import load_rgb8
 from ..errors import MaskError
 from ..fileio import atomic_path, write_json_atomic
+from ..progress import progress
 from .generate import Segmenter, fallback_segment, make_segmenter
 from .rle import ones_indices
 from .table import IMAGES_FILE, MaskTable, mask_rows, part_path, read_part, write_part, write_tables
@@ -67,7 +67,7 @@ def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path
         log.info("%d of %d images already segmented with these settings; skipping them",
                  len(done), len(images))
     jobs = [(im["image"], str(im["path"]), im["split"], im["sha256"]) for im in todo]
-    bar = tqdm(total=len(jobs), desc=f"masks ({segmenter.name})", unit="image")
+    bar = progress(total=len(jobs), desc=f"masks ({segmenter.name})", unit="image")
     if workers > 1 and segmenter.parallel_safe and len(jobs) > 1:
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
         try:

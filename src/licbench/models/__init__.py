@@ -24,7 +24,7 @@ from compressai.models import (
 )
 
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, load_tensors
 from .charm import ChARM
 from .segpic import SegPIC
 from .wacnn import WACNN
@@ -175,12 +175,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, arch: str, config:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # torch reports damage and pickled code in many ways
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint: {exc}") from None
+    payload = load_tensors(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a licbench checkpoint")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
@@ -280,12 +275,7 @@ def import_compressai(path: str | Path, arch: str, lmbda: float, output: str | P
     """Write a licbench checkpoint from a file saved by CompressAI
     (``torch.save(model.state_dict(), path)``, or a zoo download); return its weights' sha256."""
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as exc:  # torch reports damage and pickled code in many ways
-        raise CheckpointError(f"{path}: not a loadable weights-only file: {exc}") from None
+    payload = load_tensors(path, "CompressAI weights file")
     model, config = from_compressai(compressai_state_dict(payload, str(path)), arch, config, str(path))
     return save_checkpoint(output, model, arch, config, lmbda,
                            meta={"imported_from": path.name, "source": "compressai"})

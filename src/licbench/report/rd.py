@@ -366,13 +366,29 @@ def log_report(report: Report, cfg: ReportConfig, experiment: str) -> str:
         return parent.info.run_id
 
 
+def console_summary(report: Report, method: str) -> list[str]:
+    """A few lines for the console: each model's BD-rate at equal PSNR against
+    each anchor, how many warnings, and where the full table is."""
+    lines = [f"report {report.dataset}: BD-rate at equal PSNR ({method}; negative: fewer bits "
+             "than the anchor)"]
+    notes = set()
+    for model, row in report.table.items():
+        cells = [f"{anchor} {_fmt(cell['psnr'].get(f'bd_rate_{method}'), '%')}" for anchor, cell in row.items()]
+        lines.append(f"  {model}: " + ", ".join(cells))
+        notes |= {(model, anchor, w) for anchor, cell in row.items()
+                  for part in (cell["psnr"], cell["ms_ssim"]) for w in part.get("warnings", [])}
+    warned = f"{len(notes)} warning(s) (n/a, few points, little overlap) and " if notes else ""
+    lines.append(f"{warned}the full table: {report.files['table_md']}")
+    return lines
+
+
 def run_report_stage(cfg: ReportConfig, dataset: str, out_dir: str | Path,
                      data_root: str | Path = "data", *, archs: list[str], lambdas: list[float],
                      experiment: str) -> Report:
     """What ``stages/report.py`` runs; the MLflow run goes to ``experiment``."""
     report = build_report(cfg, dataset, out_dir, data_root, archs=archs, lambdas=lambdas)
-    log.info("report for %s written to %s", dataset, out_dir)
-    print(report.markdown)
+    for line in console_summary(report, cfg.method):
+        log.info("%s", line)
     run_id = log_report(report, cfg, experiment)
     log.info("MLflow report run %s", run_id)
     return report
