@@ -97,6 +97,7 @@ def stage_argv(stage: str, params: str, tmp_path) -> list[str]:
 def run_stage(stage: str, argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """Run ``stages/<stage>.py`` here, as DVC would in a process of its own."""
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.syspath_prepend(str(REPO / "stages"))  # as `python stages/x.py` has it: stages/_interpreter.py
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(REPO / "stages" / f"{stage}.py"), run_name="__main__")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from licbench.config import load_section
 from licbench.entry import run_main
 from licbench.data.datasets import run_datasets_stage
 
@@ -28,9 +29,9 @@ def test_a_full_disk_is_one_line_naming_the_file(mirror, tmp_path, monkeypatch, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    params = {"datasets": {"sets": ["kodak"], "mirror": None}}
+    cfg = load_section(REPO / "params.yaml", "datasets", {"sets": ["kodak"], "mirror": None})
     with pytest.raises(SystemExit) as caught:
-        run_main(lambda: run_datasets_stage(params, "kodak", tmp_path / "data"))
+        run_main(lambda: run_datasets_stage(cfg, "kodak", tmp_path / "data"))
     assert caught.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'data' / 'kodak' / 'kodim01.png'}: the disk is full "

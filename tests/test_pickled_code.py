@@ -12,7 +12,8 @@ import torch
 from licbench.cli import EXIT_INPUT, EXIT_MODEL, main as cli
 from licbench.errors import PickledCodeError
 from licbench.masks.generate import load_sam
-from licbench.train import TrainConfig, train_model
+from licbench.config import train_config
+from licbench.train import train_model
 
 from conftest import REPO
 from train_worker import tiny_images
@@ -84,7 +85,8 @@ def test_licbench_refuses_it_as_a_bitstream(command, hostile, tmp_path, capsys):
 
 def test_the_resume_state_refuses_it(hostile, tmp_path):
     evil, marker = hostile
-    cfg = TrainConfig(steps=2, batch_size=2, crop=64, device="cpu", checkpoint_every=1)
+    cfg = train_config(REPO / "params.yaml", steps=2, batch_size=2, crop=64, device="cpu", checkpoint_every=1,
+                       val_split=None, lr_schedule="none")
     with pytest.raises(PickledCodeError) as caught:
         train_model("mbt2018-mean", {"N": 16, "M": 24}, 0.01, cfg, tiny_images(2),
                     tmp_path / "checkpoint.pt", state_path=evil)

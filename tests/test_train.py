@@ -196,7 +196,7 @@ def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path,
     monkeypatch.setattr(train, "build_model", poisoned)
     with pytest.raises(TrainingError, match=rf"gradient norm is {bad} at step 6 \(loss [0-9.]+\); "
                                             r"the last good state"):
-        run(tmp_path, TrainConfig(**dict(SETTINGS, clip_max_norm=clip)))
+        run(tmp_path, config(**dict(SETTINGS, clip_max_norm=clip)))
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["step"] == 3 and not state["finished"]
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -205,7 +205,7 @@ def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path,
 
 def test_one_line_per_validation_and_a_summary_line_at_the_end(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="licbench.train")
-    summary = run(tmp_path, TrainConfig(**dict(SETTINGS, steps=4, val_every=2)), state=False)
+    summary = run(tmp_path, config(**dict(SETTINGS, steps=4, val_every=2)), state=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "licbench.train"]
     validations = [line for line in lines if ": validation at step " in line]
     assert [line.split(": ")[1] for line in validations] == [
