@@ -87,7 +87,7 @@ from licbench.models import (  # noqa: E402
 )
 from licbench.params import load_params  # noqa: E402
 from licbench.train import architecture_config, train_model  # noqa: E402
-from train_loops import PlainLoop, interleave, pipeline_steps, rate, train_config  # noqa: E402
+from train_loops import PlainLoop, interleave, paired_ratio, pipeline_steps, rate, train_config  # noqa: E402
 
 log = logging.getLogger("gpu_suite")
 
@@ -126,7 +126,9 @@ DEFAULT_ARCH = "mbt2018-mean"
 # name -> (amp, channels_last, compile)
 VARIANTS = {"fp32": ("none", False, False), "bf16": ("bf16", False, False),
             "channels_last": ("none", True, False), "compile": ("none", False, True)}
-PARTS = ("throughput", "decode", "sam", "train", "ddp")
+# The order they run in: decoding last, as it takes the weights of the short
+# training for mbt2018-mean and any time the parts before it left unused.
+PARTS = ("throughput", "sam", "train", "ddp", "decode")
 SMOKE_SIZES = {"bmshj2018-factorized": {"N": 16, "M": 24}, "bmshj2018-hyperprior": {"N": 16, "M": 24},
                "mbt2018-mean": {"N": 16, "M": 24}, "mbt2018": {"N": 16, "M": 24},
                "charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
@@ -198,6 +200,9 @@ def settings_for(smoke: bool, parts: list[str], total: float | None) -> Settings
                     eval_reserve=0.0, eval_images=2, ddp_steps=2, ddp_batch=2, ddp_crop=64)
 
 
+# --- what the suite reads from the project's params files: these few functions
+# (and train_loops.train_config) are all that follows the params schema.
+
 def paper_size(arch: str) -> dict:
     """The architecture's settings in configs/paper-<arch>.yaml at LAMBDA, else
     CompressAI's zoo N, M at ZOO_QUALITY."""
@@ -221,10 +226,10 @@ def stage_params(arch: str, arch_config: dict, train: dict) -> dict:
     return {"architectures": {arch: arch_config}, "train": train, "mlflow": {"experiment": "gpu-suite"}}
 
 
-def masks_settings(**sam) -> dict:
-    """params.yaml's ``masks`` section with SAM as the generator, ``sam`` overriding its settings."""
+def masks_settings(generator: str, **sam) -> dict:
+    """params.yaml's ``masks`` section with ``generator``, ``sam`` overriding SAM's settings."""
     cfg = dict(load_params(REPO / "params.yaml")["masks"])
-    return dict(cfg, generator="sam", sam=dict(cfg.get("sam") or {}, checkpoint=None, sha256=None, **sam))
+    return dict(cfg, generator=generator, sam=dict(cfg.get("sam") or {}, checkpoint=None, sha256=None, **sam))
 
 
 # --- plumbing ----------------------------------------------------------------
@@ -367,6 +372,7 @@ class Context:
         self.val_images, _ = load_split(self.manifest, self.data_root, "val")
         self.kodak = evaluation_images("kodak", self.data_root)
         self.partitions = self._partitions(s.partition_images)
+        self.trained: dict | None = None  # the train part's checkpoint, for the decode part
         log.info("data: %d training, %d validation, %d Kodak images, %d partitions (%.1f s)",
                  len(self.train_images), len(self.val_images), len(self.kodak), len(self.partitions),
                  time.perf_counter() - t0)
@@ -377,7 +383,7 @@ class Context:
         from licbench.masks.generate import make_segmenter
         from licbench.masks.stage import generate_masks, select_images
 
-        cfg = dict(load_params(REPO / "params.yaml")["masks"], generator="fallback")
+        cfg = masks_settings("fallback")
         images = select_images(self.manifest, ["train"], self.data_root, count)
         table = generate_masks(images, make_segmenter(cfg), self.scratch / "masks", {"dataset": "bsds500"},
                                workers=min(self.settings.workers, 8))
@@ -490,7 +496,8 @@ def measure_variant(ctx: Context, arch: str, config: dict, variant: str, entry: 
     runs = interleave({"plain": plain_run, "pipeline": pipeline_run}, s.repeats)
     del plain
     result = {"pipeline": rate(runs["pipeline"], s.batch_size), "plain": rate(runs["plain"], s.batch_size)}
-    result["ratio"] = round(result["pipeline"]["images_per_second"] / result["plain"]["images_per_second"], 4)
+    paired = paired_ratio(runs["pipeline"], runs["plain"])
+    result.update(ratio=paired["ratio"], ratio_runs=paired["runs"], ratio_spread=paired["spread"])
     result["pipeline"]["data_seconds_per_batch"] = median(x["data_seconds_per_batch"] for x in summaries)
     result["first_plain_step_seconds"] = round(first["plain"], 3)  # includes the compile, if any
     result["first_pipeline_run_seconds"] = round(first["pipeline_call"], 3)
@@ -720,18 +727,17 @@ def part_decode(ctx: Context, part: Part) -> None:
     if s.decode_crop:
         images = [np.ascontiguousarray(im[: s.decode_crop, : s.decode_crop]) for im in images]
     baseline = set(compressai_architectures())
-    part.record.update(
-        images=len(images), encode_device=s.device, decode_device="cpu", workers=s.workers,
-        weights=f"train_model: {s.weights_steps} steps of batch {s.weights_batch}, {s.weights_crop}x"
-                f"{s.weights_crop} crops of BSDS500 train, lr 1e-3, lambda {LAMBDA}",
-        archs={})
+    short = (f"train_model: {s.weights_steps} steps of batch {s.weights_batch}, {s.weights_crop}x"
+             f"{s.weights_crop} crops of BSDS500 train, lr 1e-3, lambda {LAMBDA}")
+    part.record.update(images=len(images), encode_device=s.device, decode_device="cpu", workers=s.workers,
+                       archs={})
     rows: dict[str, dict] = {}
     pending: dict = {}
 
     def finish(arch: str) -> None:
         entry = rows[arch]
         ours = [r for r in entry["rows"] if "error" not in r]
-        result = {**entry["config"], **summarize_decodes(entry["rows"]),
+        result = {**entry["config"], "weights": entry["weights"], **summarize_decodes(entry["rows"]),
                   "bpp": median(r["bpp"] for r in ours),
                   "encode_seconds": median(r["encode_seconds"] for r in ours),
                   "decode_seconds": median(r["decode_seconds"] for r in ours),
@@ -764,13 +770,18 @@ def part_decode(ctx: Context, part: Part) -> None:
                 part.skip(arch, f"budget: {part.left():.0f} s left")
                 continue
             config = s.size(arch)
-            train_images, partitions = ctx.training_data(arch, config)
-            path = ctx.workdir("decode", arch) / "checkpoint.pt"
             t0 = time.perf_counter()
-            cfg = train_config(s.weights_steps, s.weights_batch, s.weights_crop, lr=1e-3, device=s.device,
-                               log_every=s.weights_steps)
-            train_model(arch, config, LAMBDA, cfg, train_images, path, partitions=partitions)
-            rows[arch] = {"config": config, "rows": [], "training_seconds": round(time.perf_counter() - t0, 2)}
+            trained = ctx.trained if arch == DEFAULT_ARCH and ctx.trained else None
+            if trained is not None and trained["config"] == config:
+                path, weights = trained["path"], f"the train part's ({trained['steps']} steps)"
+            else:
+                train_images, partitions = ctx.training_data(arch, config)
+                path, weights = ctx.workdir("decode", arch) / "checkpoint.pt", short
+                cfg = train_config(s.weights_steps, s.weights_batch, s.weights_crop, lr=1e-3, device=s.device,
+                                   log_every=s.weights_steps)
+                train_model(arch, config, LAMBDA, cfg, train_images, path, partitions=partitions)
+            rows[arch] = {"config": config, "rows": [], "weights": weights,
+                          "training_seconds": round(time.perf_counter() - t0, 2)}
             for image in images:
                 pending[pool.submit(code_job, str(path), s.device, arch, image, arch in baseline)] = arch
             while pending and collect(0):  # take what is done; the next training runs while the workers code
@@ -820,7 +831,7 @@ def part_sam(ctx: Context, part: Part) -> None:
     s, device = ctx.settings, ctx.device
     torch.manual_seed(0)
     model = tiny_sam() if s.smoke else sam_model_registry["vit_b"](checkpoint=None)
-    cfg = masks_settings(model_type="vit_b", points_per_side=s.sam_points, **s.sam_thresholds)
+    cfg = masks_settings("sam", model_type="vit_b", points_per_side=s.sam_points, **s.sam_thresholds)
     segmenter = make_segmenter(dict(cfg, device=s.device), model=model)
     size = int(model.image_encoder.img_size)
     part.record.update(model="vit_b with random weights (seed 0)" if not s.smoke else "toy SAM (smoke)",
@@ -892,8 +903,8 @@ def part_train(ctx: Context, part: Part) -> None:
     s, device = ctx.settings, ctx.device
     arch, config = DEFAULT_ARCH, s.size(DEFAULT_ARCH)
     settings = paper_train_settings()
-    part.record.update(arch=arch, **config, **{"lambda": LAMBDA}, batch_size=s.batch_size, crop=s.crop, **settings,
-                       train_images=len(ctx.train_images), reference=reference_points())
+    part.record.update(arch=arch, **config, **{"lambda": LAMBDA}, batch_size=s.batch_size, crop=s.crop,
+                       **settings, train_images=len(ctx.train_images), reference=reference_points())
     measured = ctx.results.data.get("throughput", {}).get("archs", {}).get(arch, {}).get("variants", {})
     speed = measured.get("fp32", {}).get("pipeline", {}).get("images_per_second")
     if not speed:  # the throughput part did not run: time a few steps here
@@ -920,6 +931,7 @@ def part_train(ctx: Context, part: Part) -> None:
     _, kodak = evaluate_checkpoint(ckpt, ctx.kodak[: s.eval_images], ctx.workdir("train-eval"))
     part.record["kodak"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in kodak.items()}
     part.record["kodak"]["device"] = s.device
+    ctx.trained = {"path": path, "config": config, "steps": summary["steps"]}
 
 
 # --- part 5: the DDP code path under torchrun -------------------------------------
@@ -1025,10 +1037,12 @@ def part_ddp(ctx: Context, part: Part) -> None:
         part.record.setdefault("errors", {})["validation"] = first["error"]
         if part.left() > 10:  # the rest of the path (training steps, writes) without validation
             part.record["runs"].append(ddp_run(ctx, part, validation=False))
+        else:
+            part.skip("no_validation", f"budget: {part.left():.0f} s left")
     last = part.record["runs"][-1]
     part.record.update(backend=last.get("backend"), world_size=last.get("world_size"))
-    if "error" in last:
-        part.record.setdefault("errors", {})["no_validation"] = last["error"]
+    if len(part.record["runs"]) == 2 and "error" in last:
+        part.record["errors"]["no_validation"] = last["error"]
 
 
 # --- preparing the carried folder --------------------------------------------------
@@ -1072,7 +1086,8 @@ def prepare(mirror_arg: str | None) -> dict:
            "--python-version", DEVICE_PYTHON, "--implementation", "cp", *platforms, "-d", str(WHEELS),
            *(f"{n}=={versions[normalized(n)]}" for n in CARRIED_PACKAGES)]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode:
+        raise ConfigError("pip download of the carried wheels failed (its output is above)")
     for wheel in WHEELS.glob("*.whl"):  # one version of each: two would stop the install there
         name, version = wheel.name.split("-")[:2]
         if wanted.get(normalized(name)) != version:
@@ -1083,6 +1098,8 @@ def prepare(mirror_arg: str | None) -> dict:
                         CARRIED_MIRROR / "manifests" / f"{name}.parquet", mirror=mirror)
     if QUICK_POINT.is_file():
         shutil.copy2(QUICK_POINT, CARRIED_QUICK_POINT)
+    else:  # a copy from an earlier run of the DAG would no longer say what this checkout gives
+        CARRIED_QUICK_POINT.unlink(missing_ok=True)
     sizes = {"wheels": folder_bytes(WHEELS), "images": folder_bytes(CARRIED_MIRROR),
              "carry": folder_bytes(CARRY), "tree": tree_bytes()}
     sizes["total"] = sizes["carry"] + sizes["tree"]
@@ -1139,9 +1156,12 @@ def suite(outdir: Path, smoke: bool, parts: list[str], total: float | None, mirr
         results.data["suite"]["setup_seconds"] = round(time.monotonic() - t0, 1)
         functions = {"throughput": part_throughput, "decode": part_decode, "sam": part_sam,
                      "train": part_train, "ddp": part_ddp}
-        for name in PARTS:
-            if name in parts:
-                run_part(name, functions[name], ctx, results, settings.budgets[name])
+        carry = 0.0  # seconds the parts so far left unused (or, negative, overran)
+        for name in (p for p in PARTS if p in parts):
+            budget = max(0.5 * settings.budgets[name], settings.budgets[name] + carry)
+            t0 = time.monotonic()
+            run_part(name, functions[name], ctx, results, budget)
+            carry += settings.budgets[name] - (time.monotonic() - t0)
     results.data["suite"]["seconds"] = round(time.monotonic() - started, 1)
     results.save()
     return results.data

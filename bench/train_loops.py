@@ -46,8 +46,10 @@ def channels_last_models(enabled: bool):
         yield
         return
     original = licbench_train.build_model
+    built = []
 
     def build(arch: str, config: dict) -> torch.nn.Module:
+        built.append(arch)
         return original(arch, config).to(memory_format=torch.channels_last)
 
     licbench_train.build_model = build
@@ -55,6 +57,9 @@ def channels_last_models(enabled: bool):
         yield
     finally:
         licbench_train.build_model = original
+    if not built:  # a run that measured NCHW under this name would be worse than none
+        raise RuntimeError("train_model no longer builds its model through licbench.train.build_model: "
+                           "the channels-last run could not convert it")
 
 
 def pipeline_steps(arch: str, arch_config: dict, lmbda: float, images: list, workdir: str | Path, *,
@@ -174,3 +179,14 @@ def rate(runs: list[list[float]], batch_size: int) -> dict:
         "spread": None if spread is None else round(spread, 4),
         "agree_2pct": None if spread is None else spread <= 0.02,
     }
+
+
+def paired_ratio(runs_a: list[list[float]], runs_b: list[list[float]]) -> dict:
+    """Images/s of loop A over loop B, run by run: :func:`interleave` ran the
+    i-th runs of the two next to each other, so each pair saw the same load;
+    ``ratio`` is the median of the pairs' ratios, ``spread`` their
+    (max - min) / median."""
+    ratios = [statistics.median(b) / statistics.median(a) for a, b in zip(runs_a, runs_b)]
+    mid = statistics.median(ratios)
+    return {"ratio": round(mid, 4), "runs": [round(r, 4) for r in ratios],
+            "spread": round((max(ratios) - min(ratios)) / mid, 4) if len(ratios) > 1 else None}

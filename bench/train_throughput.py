@@ -14,13 +14,16 @@ For each architecture at paper size (CompressAI zoo's N, M for ``--quality``;
 N=192, M=320 for ``charm`` and ``wacnn``, which run only when named in ``--archs``)
 and each device (CPU, and CUDA when present): pipeline and plain images/s,
 their ratio, and the sampler's and the step's seconds per batch, so a starved
-GPU shows. Each figure is the batch over the median step of ``--steps`` timed
-steps (after ``--warmup`` untimed ones) pooled over ``--repeats`` runs; the
-runs of the three loops are interleaved (A B C C B A ...), and ``spread`` is
-how far the runs of one loop are apart, (max - min) / median: a ratio between
-two loops is resolved only where it is further from 1 than their spreads.
-The last line is one JSON object; ``overhead_ratio`` is pipeline images/s /
-plain images/s for ``--default-arch`` on the last device.
+GPU shows. Each images/s figure is the batch over the median step of
+``--steps`` timed steps (after ``--warmup`` untimed ones) pooled over
+``--repeats`` runs; the runs of the three loops are interleaved (A B C C B A
+...), so the i-th pipeline run always sits next to the i-th plain run, and
+``ratio`` is the median of those pairs' ratios (a load that comes and goes
+over minutes touches both runs of a pair alike). ``spread`` is how far the
+runs of one loop, or the pairs' ratios (``ratio_spread``), are apart:
+(max - min) / median; a ratio is resolved only where it is further from 1
+than its spread. The last line is one JSON object; ``overhead_ratio`` is the
+ratio for ``--default-arch`` on the last device.
 
     python bench/train_throughput.py                      # CPU defaults: minutes on 2 cores
     python bench/train_throughput.py --batch-size 8 --crop 256 --steps 40   # paper size, GPU
@@ -43,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from licbench.models import ARCHITECTURES  # noqa: E402
-from train_loops import PlainLoop, interleave, pipeline_steps, rate  # noqa: E402
+from train_loops import PlainLoop, interleave, paired_ratio, pipeline_steps, rate  # noqa: E402
 
 
 def fmt(value: float | None) -> str:
@@ -68,8 +71,8 @@ def main():
     images = [rng.integers(0, 256, size=(args.crop * 2, args.crop * 2, 3), dtype=np.uint8) for _ in range(16)]
     rows = []
     print("| device | arch | N, M | batch × crop | pipeline img/s | plain img/s | ratio "
-          "| spread pipeline / plain | plain NCHW img/s | sampler s/batch | step s/batch |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| ratio spread | spread pipeline / plain | plain NCHW img/s | sampler s/batch | step s/batch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.devices:
         device = torch.device(name)
         for arch in args.archs:
@@ -93,13 +96,15 @@ def main():
                 "nchw": lambda: nchw.run(args.warmup + args.steps)[args.warmup:],
             }, args.repeats)
             measured = {k: rate(v, args.batch_size) for k, v in runs.items()}
+            paired = paired_ratio(runs["pipeline"], runs["plain"])
             row = {
                 "device": name, "arch": arch, "N": n, "M": m, "batch_size": args.batch_size,
                 "crop": args.crop, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                 "pipeline_images_per_second": measured["pipeline"]["images_per_second"],
                 "plain_images_per_second": measured["plain"]["images_per_second"],
-                "ratio": round(measured["pipeline"]["images_per_second"]
-                               / measured["plain"]["images_per_second"], 4),
+                "ratio": paired["ratio"],
+                "ratio_runs": paired["runs"],
+                "ratio_spread": paired["spread"],
                 "plain_nchw_images_per_second": measured["nchw"]["images_per_second"],
                 "runs": {k: v["runs"] for k, v in measured.items()},
                 "spread": {k: v["spread"] for k, v in measured.items()},
@@ -109,7 +114,8 @@ def main():
             rows.append(row)
             print(f"| {name} | {arch} | {n}, {m} | {args.batch_size} × {args.crop}² "
                   f"| {row['pipeline_images_per_second']:.2f} | {row['plain_images_per_second']:.2f} "
-                  f"| {row['ratio']:.3f} | {fmt(row['spread']['pipeline'])} / {fmt(row['spread']['plain'])} "
+                  f"| {row['ratio']:.3f} | {fmt(row['ratio_spread'])} "
+                  f"| {fmt(row['spread']['pipeline'])} / {fmt(row['spread']['plain'])} "
                   f"| {row['plain_nchw_images_per_second']:.2f} | {row['data_seconds_per_batch']:.4f} "
                   f"| {row['step_seconds_per_batch']:.3f} |", flush=True)
     default = [r for r in rows if r["arch"] == args.default_arch]

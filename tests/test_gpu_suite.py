@@ -69,7 +69,10 @@ def test_throughput_times_the_pipeline_against_the_plain_loop(smoke):
             pipeline, plain = r["pipeline"], r["plain"]
             assert pipeline["images_per_second"] > 0 and plain["images_per_second"] > 0, (arch, variant)
             assert len(pipeline["runs"]) == len(plain["runs"]) == t["settings"]["repeats"] == 2
-            assert r["ratio"] == pytest.approx(pipeline["images_per_second"] / plain["images_per_second"], rel=1e-3)
+            # The ratio pairs each pipeline run with the plain run next to it.
+            pairs = [p / q for p, q in zip(pipeline["runs"], plain["runs"])]
+            assert r["ratio_runs"] == pytest.approx(pairs, rel=1e-2)
+            assert min(pairs) * 0.99 <= r["ratio"] <= max(pairs) * 1.01
             assert 0 < pipeline["fraction_of_bf16_matmul"]
     # Only torch.compile is left out on the CPU, and it says so.
     assert t["skipped"] and all(k.endswith("/compile") and "--smoke" in v for k, v in t["skipped"].items())
