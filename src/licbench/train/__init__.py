@@ -22,18 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from compressai.losses import RateDistortionLoss
 
-from .data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
-from .data.datasets import manifest_digest, read_manifest
-from .config import TrainConfig, resolve_device
-from .errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
-from .fileio import load_tensors, save_tensors, write_json_atomic
-from .models import (
+from ..data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
+from ..data.datasets import manifest_digest, read_manifest
+from ..config import TrainConfig, resolve_device
+from ..errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
+from ..fileio import load_tensors, save_tensors, write_json_atomic
+from ..models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
-from .progress import progress as progress_bar
+from ..progress import progress as progress_bar
+from .distributed import (
+    all_reduce_mean, all_reduce_sum, broadcast_from_first, gather_from_all, process_group, rank_and_world, wrap_ddp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,47 +60,6 @@ def split_parameters(model: torch.nn.Module):
         if p.requires_grad:
             (aux if name.endswith(".quantiles") else main).append(p)
     return main, aux
-
-
-# --- several processes (torchrun) ------------------------------------------
-
-def init_distributed(device_name: str) -> bool:
-    """Join the process group when torchrun started more than one process.
-
-    Returns whether this call created the group (and should destroy it).
-    gloo on the CPU, NCCL on CUDA; torchrun's environment (MASTER_ADDR, RANK,
-    WORLD_SIZE, LOCAL_RANK) says where the others are.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    cuda = device_name != "cpu" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return True
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """The mean over processes (each process's values are means over its equal share)."""
-    if not dist.is_initialized():
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / dist.get_world_size()
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if not dist.is_initialized():
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
 
 
 # --- resumable state -------------------------------------------------------
@@ -288,10 +249,7 @@ def train_model(
 
     digest = training_digest(arch, arch_config, lmbda, cfg, images, val_images, partitions)
     state = load_train_state(state_path, digest) if state_path is not None and rank == 0 else None
-    if world > 1:
-        box = [state]
-        dist.broadcast_object_list(box, src=0)  # no shared file system needed
-        state = box[0]
+    state = broadcast_from_first(state)
     if state is not None:
         core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -316,27 +274,12 @@ def train_model(
     resumed_from = progress["step"] if state is not None else None
     del state
 
-    model = core
-    if world > 1:
-        # The quantiles train on the aux loss alone, outside the forward pass:
-        # DDP would wait for their gradients forever. The aux loss depends only
-        # on parameters every process holds equal, so each process computes the
-        # same aux gradients and their copies stay equal without a reduction.
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            core, [n for n, p in core.named_parameters() if n.endswith(".quantiles")])
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # CDF tables: constant while training
-        )
+    model = wrap_ddp(core, device)
     forward = torch.compile(model) if cfg.compile else model
     amp_dtype = AMP_DTYPES[cfg.amp]
 
     def make_state(finished: bool) -> dict:
-        rngs = [None] * world
-        if world > 1:
-            dist.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
+        rngs = gather_from_all(rng_state())
         return {
             "format": STATE_FORMAT, "version": STATE_VERSION, "digest": digest,
             "step": progress["step"], "finished": finished,
@@ -568,15 +511,14 @@ def run_train_stage(
         val_images, _ = load_split(manifest, data_root, cfg.val_split, limit=cfg.val_images)
     partitions, masks_info = None, {}
     if trains_with_partition(arch, arch_config):
-        from .masks import load_masks
+        from ..masks import load_masks
 
         masks = load_masks(data_root / "masks" / cfg.dataset, manifest)
         partitions = load_partitions(masks, manifest, cfg.split, images)
         masks_info = {"masks_settings_sha256": masks.metadata.get("settings_sha256"),
                       "masks_generator": masks.metadata.get("generator")}
 
-    created_group = init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device):
         rank, world = rank_and_world()
 
         def train(log_metrics=None, meta=None) -> dict:
@@ -590,16 +532,13 @@ def run_train_stage(
                                      val_images, state_path, world, train, partitions, masks_info)
         write_json_atomic(summary_path, summary)
         return summary
-    finally:
-        if created_group:
-            dist.destroy_process_group()
 
 
 def _train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, images, val_images,
                        state_path, world, train, partitions=None, masks_info=None) -> dict:
     import mlflow
 
-    from . import tracking
+    from .. import tracking
 
     experiment_id = tracking.use_experiment(experiment)
     key = model_key(arch, lmbda)
