@@ -11,8 +11,6 @@ PyTorch DDP when the stage is launched by ``torchrun``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -24,11 +22,11 @@ import numpy as np
 import torch
 from compressai.losses import RateDistortionLoss
 
+from ..config import TrainConfig, resolve_device
 from ..data.crops import PartitionedCrops, RandomCrops, center_crops, load_partitions, load_split
 from ..data.datasets import manifest_digest, read_manifest
-from ..config import TrainConfig, resolve_device
-from ..errors import CheckpointError, ConfigError, PickledCodeError, TrainingError
-from ..fileio import load_tensors, save_tensors, write_json_atomic
+from ..errors import ConfigError, TrainingError
+from ..fileio import write_json_atomic
 from ..models import (
     build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
 )
@@ -36,15 +34,14 @@ from ..progress import progress as progress_bar
 from .distributed import (
     all_reduce_mean, all_reduce_sum, broadcast_from_first, gather_from_all, process_group, rank_and_world, wrap_ddp,
 )
+from .state import (
+    STATE_FORMAT, STATE_VERSION, cpu_copy, load_train_state, no_state_or_last_good, rng_state, save_train_state,
+    set_rng_state, training_digest,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "licbench-train-state"
-STATE_VERSION = 1
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Settings that do not change the trained weights: a state saved under other
-# values of these still resumes (e.g. a run moved from one machine to another).
-NOT_IN_DIGEST = ("log_every", "checkpoint_every", "device")
 
 
 def seed_everything(seed: int) -> None:
@@ -60,89 +57,6 @@ def split_parameters(model: torch.nn.Module):
         if p.requires_grad:
             (aux if name.endswith(".quantiles") else main).append(p)
     return main, aux
-
-
-# --- resumable state -------------------------------------------------------
-
-def training_digest(arch: str, arch_config: dict, lmbda: float, cfg: TrainConfig,
-                    images: list[np.ndarray], val_images: list[np.ndarray] | None,
-                    partitions: list[np.ndarray] | None = None) -> str:
-    """sha256 of everything that decides the trained weights: a saved state
-    resumes only a run with the same digest (the training partitions too,
-    when the model takes them: new masks start a new run)."""
-    h = hashlib.sha256()
-    settings = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_DIGEST}
-    h.update(json.dumps([arch, {k: int(v) for k, v in arch_config.items()}, float(lmbda), settings],
-                        sort_keys=True, default=list).encode())
-    for im in [*images, None, *(val_images or [])]:
-        h.update(b"|" if im is None else f"{im.shape}".encode() + np.ascontiguousarray(im).tobytes())
-    if partitions is not None:
-        h.update(b"|partitions")
-        for part in partitions:
-            h.update(f"{part.shape}{part.dtype}".encode() + np.ascontiguousarray(part).tobytes())
-    return h.hexdigest()
-
-
-def rng_state() -> dict:
-    """This process's random generators, as tensors and numbers (weights_only-safe)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_train_state(path: str | Path, digest: str) -> dict | None:
-    """The state saved at ``path`` if it resumes a run with this digest, else None
-    (saying why in the log); a state holding pickled code is refused
-    (PickledCodeError). ``mmap`` makes a peek at a large state cheap."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        state = load_tensors(path, "training state", mmap=True)
-    except PickledCodeError:
-        raise
-    except CheckpointError as exc:  # a torn write cannot happen (atomic rename); anything else: start afresh
-        log.warning("%s; training from the start", exc)
-        return None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT \
-            or state.get("version") != STATE_VERSION:
-        log.warning("%s: not a licbench training state of version %d; training from the start",
-                    path, STATE_VERSION)
-        return None
-    if state["digest"] != digest:
-        log.warning("%s: saved under other settings or data (step %d); ignoring it and "
-                    "training from the start", path, state["step"])
-        return None
-    if state["finished"]:
-        log.info("%s: a finished run (step %d); training from the start", path, state["step"])
-        return None
-    return state
-
-
-def no_state_or_last_good(state_path: str | Path | None) -> str:
-    return "no resumable state is kept (no state file)" if state_path is None else \
-        f"the last good state ({state_path}) stays on disk"
-
-
-def save_train_state(path: str | Path, state: dict) -> None:
-    save_tensors(path, state)
-
-
-def _cpu_copy(state_dict: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
 # --- the loop --------------------------------------------------------------
@@ -283,7 +197,7 @@ def train_model(
         return {
             "format": STATE_FORMAT, "version": STATE_VERSION, "digest": digest,
             "step": progress["step"], "finished": finished,
-            "model": _cpu_copy(core.state_dict()),
+            "model": cpu_copy(core.state_dict()),
             "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "scaler": scaler.state_dict() if scaler is not None else {},
@@ -298,7 +212,7 @@ def train_model(
             scheduler.step(last_val["loss"])
         if last_val["loss"] < progress["best_loss"]:
             progress.update(best_loss=last_val["loss"], best_step=step, bad_validations=0)
-            best_weights = _cpu_copy(core.state_dict())
+            best_weights = cpu_copy(core.state_dict())
         else:
             progress["bad_validations"] += 1
         if rank == 0:
