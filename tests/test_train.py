@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import torch
 
-import licbench.train as train
+import licbench.train.loop as loop
 from licbench.data.crops import RandomCrops
 from licbench.config import TrainConfig, train_config, with_overrides
 from licbench.errors import ParamsError, TrainingError
@@ -181,7 +181,7 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
 def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path, monkeypatch):
     """The loss stays finite; one gradient is NaN or infinite at step 6 (with
     gradient clipping and without)."""
-    build, steps = train.build_model, {"n": 0}
+    build, steps = loop.build_model, {"n": 0}
 
     def poisoned(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -193,7 +193,7 @@ def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path,
         model.g_a[0].weight.register_hook(hook)
         return model
 
-    monkeypatch.setattr(train, "build_model", poisoned)
+    monkeypatch.setattr(loop, "build_model", poisoned)
     with pytest.raises(TrainingError, match=rf"gradient norm is {bad} at step 6 \(loss [0-9.]+\); "
                                             r"the last good state"):
         run(tmp_path, config(**dict(SETTINGS, clip_max_norm=clip)))
