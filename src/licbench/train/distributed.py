@@ -46,21 +46,30 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> torch.device:
+    """The device the process group's backend takes tensors on: NCCL takes
+    CUDA tensors alone (this process's GPU), gloo CPU ones."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum over processes, on the device and in the dtype of ``values``
+    (reduced on the backend's device: a validation's float64 sums live on the
+    CPU, NCCL reduces on the GPU)."""
+    if not dist.is_initialized():
+        return values
+    total = values.to(collective_device(), copy=True)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.to(values.device)
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """The mean over processes (each process's values are means over its equal share)."""
     if not dist.is_initialized():
         return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / dist.get_world_size()
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if not dist.is_initialized():
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+    return all_reduce_sum(values) / dist.get_world_size()
 
 
 def broadcast_from_first(obj: T) -> T:
@@ -68,7 +77,7 @@ def broadcast_from_first(obj: T) -> T:
     if rank_and_world()[1] == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, device=collective_device())
     return box[0]
 
 
@@ -78,6 +87,7 @@ def gather_from_all(obj: T) -> list[T]:
     if world == 1:
         return [obj]
     gathered: list = [None] * world
+    # It puts its buffers on the backend's device itself (NCCL: the current GPU, which process_group sets).
     dist.all_gather_object(gathered, obj)
     return gathered
 
