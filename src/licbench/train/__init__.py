@@ -7,6 +7,13 @@ sampler) is written atomically to a state file, and a rerun with the same
 settings resumes from it; on the CPU the resumed run ends with exactly the
 weights of an uninterrupted one. Several GPUs or machines are used through
 PyTorch DDP when the stage is launched by ``torchrun``.
+
+- ``stage.py``: what ``stages/train.py`` runs (``run_train_stage``): data in,
+  every process trains, the first writes the outputs;
+- ``loop.py``: ``train_model``, in one screen, and the parts it calls;
+- ``state.py``: what a run is between two steps, its digest, the state file;
+- ``distributed.py``: the process group, the collectives, DDP's wrapper;
+- ``mlflow_run.py``: the stage's MLflow run.
 """
 
 from .loop import AMP_DTYPES, check_settings, split_parameters, train_model
