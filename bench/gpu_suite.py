@@ -944,7 +944,7 @@ def ddp_worker(workdir: Path) -> None:
     cuda = job["device"] == "cuda"
     info = {"backend": None}
     try:
-        # licbench's init_distributed joins a group only when torchrun starts
+        # licbench's process_group joins a group only when torchrun starts
         # several processes; with one, the suite joins it with the backend
         # licbench picks (NCCL on CUDA), so that the collectives go through it.
         if cuda:

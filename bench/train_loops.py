@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from compressai.losses import RateDistortionLoss
 
-import licbench.train as licbench_train
+import licbench.train.loop as licbench_loop
 from licbench.models import build_model
 from licbench.config import TrainConfig
 from licbench.config import train_config as params_train_config
@@ -49,24 +49,24 @@ def train_config(steps: int, batch_size: int, crop: int, **settings) -> TrainCon
 def channels_last_models(enabled: bool):
     """``train_model`` with its model in channels-last memory format, which is
     what a ``train.channels_last`` setting would do (licbench has none yet):
-    the model is built through ``licbench.train.build_model``, wrapped here."""
+    the model is built through ``licbench.train.loop.build_model``, wrapped here."""
     if not enabled:
         yield
         return
-    original = licbench_train.build_model
+    original = licbench_loop.build_model
     built = []
 
     def build(arch: str, config: dict) -> torch.nn.Module:
         built.append(arch)
         return original(arch, config).to(memory_format=torch.channels_last)
 
-    licbench_train.build_model = build
+    licbench_loop.build_model = build
     try:
         yield
     finally:
-        licbench_train.build_model = original
+        licbench_loop.build_model = original
     if not built:  # a run that measured NCHW under this name would be worse than none
-        raise RuntimeError("train_model no longer builds its model through licbench.train.build_model: "
+        raise RuntimeError("train_model no longer builds its model through licbench.train.loop.build_model: "
                            "the channels-last run could not convert it")
 
 

@@ -14,12 +14,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import torch.distributed as dist
+from compressai.losses import RateDistortionLoss
 
-import licbench.train as train
-from licbench.data.crops import RandomCrops
+import licbench.train.distributed as distributed
+import licbench.train.loop as loop
+from licbench.data.crops import RandomCrops, center_crops
 from licbench.config import TrainConfig, train_config, with_overrides
 from licbench.errors import ParamsError, TrainingError
-from licbench.models import load_checkpoint
+from licbench.models import build_model, load_checkpoint
 from licbench.train import train_model
 
 from conftest import REPO
@@ -181,7 +184,7 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path
 def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path, monkeypatch):
     """The loss stays finite; one gradient is NaN or infinite at step 6 (with
     gradient clipping and without)."""
-    build, steps = train.build_model, {"n": 0}
+    build, steps = loop.build_model, {"n": 0}
 
     def poisoned(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -193,7 +196,7 @@ def test_a_non_finite_gradient_stops_like_a_non_finite_loss(bad, clip, tmp_path,
         model.g_a[0].weight.register_hook(hook)
         return model
 
-    monkeypatch.setattr(train, "build_model", poisoned)
+    monkeypatch.setattr(loop, "build_model", poisoned)
     with pytest.raises(TrainingError, match=rf"gradient norm is {bad} at step 6 \(loss [0-9.]+\); "
                                             r"the last good state"):
         run(tmp_path, config(**dict(SETTINGS, clip_max_norm=clip)))
@@ -332,3 +335,47 @@ def test_ddp_on_two_cpu_processes(kodak_root, tmp_path):
     history = mlflow.MlflowClient().get_metric_history(run_.info.run_id, "train/loss")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
         pytest.approx([r["reduced"][0] for r in r0])
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    """A real gloo process group of this process alone."""
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_the_collectives_device_is_the_backends(group_of_one, monkeypatch):
+    assert distributed.collective_device() == torch.device("cpu")  # gloo
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: dist.Backend.NCCL)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == torch.device("cuda", 1)
+
+
+class Reduced(Exception):
+    """Raised by the fake all_reduce once it has seen its tensor."""
+
+
+@pytest.mark.parametrize("where", ["validation", "step"])
+def test_every_reduction_hands_the_collective_a_tensor_on_the_groups_device(where, group_of_one, tmp_path,
+                                                                            monkeypatch):
+    """NCCL refuses a CPU tensor, so a validation that sums on the CPU must
+    move its sums to the GPU before reducing them. Here the group's device is
+    the meta device, where nothing of the run is computed: a reduction that
+    hands the collective the tensor where it was computed is caught on the CPU."""
+    seen = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        seen.append((tensor.device, tensor.dtype))
+        raise Reduced  # a meta tensor holds nothing to read back
+
+    monkeypatch.setattr(distributed, "collective_device", lambda: torch.device("meta"))
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    with pytest.raises(Reduced):
+        if where == "validation":
+            loop.validate(build_model(ARCH, ARCH_CONFIG), center_crops(tiny_images(2, seed=1), 64),
+                          RateDistortionLoss(lmbda=LMBDA), 2, torch.device("cpu"))
+        else:
+            run(tmp_path, config(**SETTINGS), state=False)
+    # float64: the validation's sums over many crops
+    assert seen == [(torch.device("meta"), torch.float64 if where == "validation" else torch.float32)]

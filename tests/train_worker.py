@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import licbench.train as train
+import licbench.train.loop as loop
 from licbench.config import load_params, train_config
 from licbench.data.crops import RandomCrops
 
@@ -57,7 +58,7 @@ def stage(overrides: dict, checkpoint, summary, data_root, state=None) -> dict:
 
 
 def ddp(out: Path, data_root: str, params: dict) -> None:
-    reduce = train.all_reduce_mean
+    reduce = loop.all_reduce_mean  # the step's reduction, where the loop looks it up
     rank = int(os.environ["RANK"])
     record = open(out / f"reduce-{rank}.jsonl", "w")
 
@@ -66,7 +67,7 @@ def ddp(out: Path, data_root: str, params: dict) -> None:
         record.write(json.dumps({"local": values.tolist(), "reduced": result.tolist()}) + "\n")
         return result
 
-    train.all_reduce_mean = recorded
+    loop.all_reduce_mean = recorded
     summary = stage(params, out / "checkpoint.pt", out / "train.json", data_root, out / "state.pt")
     record.close()
     (out / f"summary-{rank}.json").write_text(json.dumps(summary))
