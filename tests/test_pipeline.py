@@ -21,7 +21,7 @@ TINY = with_overrides(read_params_file(REPO / "params.yaml"), {
     "archs": ["mbt2018-mean"],
     "lambdas": [0.01, 0.05],
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
-    "train": {"dataset": "kodak", "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
+    "train": {"datasets": ["kodak"], "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
               "log_every": 1, "lr_schedule": "none", "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
