@@ -74,8 +74,8 @@ def _check_counts(source: DatasetSource, found: dict[str, ExpectedFile], where: 
         n = sum(rule.holds(r) for r in found)
         if rule.count is not None and n != rule.count:
             raise DownloadError(
-                f"{where}: {n} file(s) {rule.dest}{rule.name}, where {source.name}'s documentation "
-                f"lists {rule.count}")
+                f"{where}: {n} file(s) in {rule.dest or './'} (from {rule.inner or rule.archive}), "
+                f"where {source.name}'s documentation lists {rule.count}")
 
 
 # --- from a mirror --------------------------------------------------------------
@@ -118,6 +118,9 @@ def _mirror_files(source: DatasetSource, root: Path) -> list[str]:
 # --- file by file -----------------------------------------------------------------
 
 def fetch_files(source: DatasetSource, out_dir: Path) -> list[ExpectedFile]:
+    if not source.pinned:  # nothing but its table names the files of such a set
+        raise ConfigError(f"{source.name}: fetched file by file, so it needs its checksums "
+                          f"({checksums_path(source.name)}) to know its files")
     todo = _missing(source.files, out_dir)
     check_free_space({out_dir: sum(f.bytes for f in todo)}, f"downloading {source.name}")
     for f in progress(todo, desc=f"{source.name} download", unit="file"):
