@@ -971,7 +971,7 @@ def ddp_run(ctx: Context, part: Part, validation: bool) -> dict:
     s = ctx.settings
     workdir = ctx.workdir("ddp-val" if validation else "ddp")
     config = s.size(DEFAULT_ARCH)
-    train = {"dataset": "bsds500", "split": "train", "steps": s.ddp_steps, "batch_size": s.ddp_batch,
+    train = {"datasets": ["bsds500"], "split": "train", "steps": s.ddp_steps, "batch_size": s.ddp_batch,
              "crop": s.ddp_crop, "lr": 1e-4, "device": s.device, "log_every": 1,
              "checkpoint_every": max(1, s.ddp_steps // 2)}
     if validation:

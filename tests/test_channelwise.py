@@ -27,7 +27,7 @@ PARAMS = load_params(REPO / "params.yaml", {
     "datasets": {"sets": ["kodak"]},
     "archs": ARCHS,
     "architectures": {arch: TINY for arch in ARCHS},
-    "train": {"dataset": "kodak", "split": "test", "steps": 10, "batch_size": 2, "crop": 64,
+    "train": {"datasets": ["kodak"], "split": "test", "steps": 10, "batch_size": 2, "crop": 64,
               "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 10, "lr_schedule": "none",
               "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 1},

@@ -19,7 +19,7 @@ STAGES = ("datasets", "anchors", "masks", "train", "evaluate", "report")
 KNOWS = {"datasets": {"sources"}, "anchors": {"sources", "codecs"}, "masks": {"sources"},
          "train": {"sources", "architectures"}, "evaluate": {"sources"}, "report": {"published"}}
 ONLY_KODAK = {"datasets": {"sets": ["kodak"]}, "evaluate": {"datasets": ["kodak"]},
-              "train": {"dataset": "kodak", "split": "test", "val_split": None},
+              "train": {"datasets": ["kodak"], "split": "test", "val_split": None},
               "masks": {"sets": {"kodak": ["test"]}}}
 
 # (overrides of params.yaml, the registry that knows it is wrong or None, the line's key, the rest)
@@ -38,7 +38,7 @@ BAD = [
     ({"train": {"lr_schedule": "cosine"}}, None, "train.lr_schedule",
      "'cosine' is not allowed; one of plateau, step, none"),
     ({"train": {"lr_schedule": "plateau", "val_split": None}}, None, "train.val_split",
-     "null, but lr_schedule plateau needs validations; a split of train.dataset"),
+     "null, but lr_schedule plateau needs validations; a split of a set of train.datasets"),
     ({"train": {"device": "gpu"}}, None, "train.device", "'gpu' is not allowed; auto (CUDA when present)"),
     ({"evaluate": {"foo": 1}}, None, "evaluate.foo", "unknown key; known keys: datasets, device, max_images"),
     ({"anchors": {"foo": 1}}, None, "anchors.foo", "unknown key; known keys: codecs, binaries, workers"),
@@ -54,10 +54,11 @@ BAD = [
      "'bsds500' is not in datasets.sets; one of kodak"),
     ({**ONLY_KODAK, "masks": {"sets": {"kodak": ["test"], "bsds500": ["train"]}}}, None,
      "masks.sets.bsds500", "'bsds500' is not in datasets.sets; one of kodak"),
-    ({**ONLY_KODAK, "train": {"dataset": "bsds500"}}, None, "train.dataset",
+    ({**ONLY_KODAK, "train": {"datasets": ["kodak", "bsds500"]}}, None, "train.datasets[1]",
      "'bsds500' is not in datasets.sets; one of kodak"),
     ({"datasets": {"sets": ["kodak", "bsds500", "foo"]}}, "sources", "datasets.sets[2]",
-     "'foo' is not a known dataset; one of bsds500, kodak"),
+     "'foo' is not a known dataset; one of bsds500, clic2020-pro-train, clic2020-pro-valid, coco2017, "
+     "div2k, flickr2k, kodak, tecnick"),
     ({"train": {"split": "tset"}}, "sources", "train.split", "'tset' is not a split of bsds500; one of train, val, test"),
     ({"masks": {"sets": {"bsds500": ["train", "vla"]}}}, "sources", "masks.sets.bsds500[1]",
      "'vla' is not a split of bsds500"),
@@ -159,7 +160,7 @@ def test_check_lists_every_problem_of_a_file_one_line_each(tmp_path, capsys):
         "device, workers, max_images, overlays, sam, fallback"]
 
 
-def test_a_crop_larger_than_the_smallest_training_image_is_refused_before_training(
+def test_a_crop_larger_than_every_training_image_is_refused_before_training(
         data_root, tmp_path, monkeypatch, capsys):
     params = write(tmp_path, with_overrides(read_params_file(REPO / "params.yaml"),
                                             {**ONLY_KODAK, "train": {**ONLY_KODAK["train"], "crop": 1024}}))
@@ -167,8 +168,8 @@ def test_a_crop_larger_than_the_smallest_training_image_is_refused_before_traini
     argv[argv.index("--data-root") + 1] = str(data_root)
     code, err = run_stage("train", argv, monkeypatch, capsys)
     assert code == 2
-    assert err.splitlines() == [f"{params}: train.crop: 1024 is larger than kodak/kodim01.png (768 x 512), "
-                                "the smallest image of kodak test; at most 512"]
+    assert err.splitlines() == [f"{params}: train.crop: 1024 is larger than every image of kodak test "
+                                "(the largest: kodak/kodim01.png, 768 x 512); at most 512"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from licbench.config import load_section
 from licbench.data.datasets import manifest_digest, prepare_dataset, run_datasets_stage
-from licbench.data.sources import DatasetSource, ExpectedFile, bsds500, kodak
+from licbench.data.sources import Archive, DatasetSource, ExpectedFile, Members, bsds500, kodak
 from licbench.errors import ChecksumError, DiskSpaceError, DownloadError
 from licbench.fileio import atomic_path
 
@@ -28,7 +28,7 @@ def test_real_sources_use_the_real_urls():
     assert kodak().file_urls == ("http://r0k.us/graphics/kodak/kodak/",)
     assert len(kodak().files) == 24
     b = bsds500()
-    assert any(u.endswith("/BSR/BSR_bsds500.tgz") for u in b.archive_urls)
+    assert any(u.endswith("/BSR/BSR_bsds500.tgz") for [archive] in [b.archives] for u in archive.urls)
     assert {b.split_of(f.relpath) for f in b.files} == {"train", "val", "test"}
     assert len(b.files) == 500
 
@@ -98,9 +98,8 @@ def archive_source(mirror, file_server, relpaths):
     return DatasetSource(
         name="bsds-mini",
         files=tuple(expected(mirror / "bsds500" / r, r) for r in relpaths),
-        archive_urls=(file_server.url("/BSR_bsds500.tgz"),),
-        archive_name="BSR_bsds500.tgz",
-        archive_prefix="BSR/BSDS500/data/images/",
+        archives=(Archive("BSR_bsds500.tgz", (file_server.url("/BSR_bsds500.tgz"),)),),
+        members=(Members("BSR_bsds500.tgz", "BSR/BSDS500/data/images/", r"(?:train|val|test)/\d+\.jpg"),),
         splits=("train", "val", "test"),
     )
 
@@ -170,8 +169,9 @@ def test_zip_archive_with_nested_folders(mirror, file_server, tmp_path):
     members["DIV2K/readme.txt"] = b"not kept"
     file_server.routes["/set.zip"] = [(200, make_zip(members))]
     source = DatasetSource(name="zipped", files=tuple(expected(mirror / "bsds500" / r, r) for r in relpaths),
-                           archive_urls=(file_server.url("/set.zip"),), archive_name="set.zip",
-                           archive_prefix="DIV2K/", splits=("train", "val"))
+                           archives=(Archive("set.zip", (file_server.url("/set.zip"),)),),
+                           members=(Members("set.zip", "DIV2K/", r"(?:train|val)/\d+\.jpg"),),
+                           splits=("train", "val"))
     table = prepare_dataset(source, tmp_path / "data", tmp_path / "z.parquet", cache_dir=tmp_path / "c")
     assert sorted(table["path"].to_pylist()) == ["zipped/train/100075.jpg", "zipped/val/101085.jpg"]
 
@@ -197,8 +197,8 @@ def test_an_archive_cut_off_mid_transfer_resumes_with_range(mirror, file_server,
 
 def test_a_set_larger_than_the_free_disk_is_refused_before_fetching(mirror, file_server, tmp_path):
     huge = ExpectedFile("train/100075.jpg", "0" * 64, 10**15)
-    source = DatasetSource(name="huge", files=(huge,), archive_urls=(file_server.url("/huge.tgz"),),
-                           archive_name="huge.tgz", splits=("train",))
+    source = DatasetSource(name="huge", files=(huge,), archives=(Archive("huge.tgz", (file_server.url("/huge.tgz"),)),),
+                           members=(Members("huge.tgz", "", r"train/\d+\.jpg"),), splits=("train",))
     with pytest.raises(DiskSpaceError, match=r"^huge \(huge\.tgz and its members\): not enough disk "
                                              r"space on the file system of .*: needs 1\.00PB, .* free$"):
         prepare_dataset(source, tmp_path / "data", tmp_path / "h.parquet", cache_dir=tmp_path / "c")

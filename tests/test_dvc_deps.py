@@ -34,8 +34,9 @@ CANNOT_CHANGE_AN_OUTPUT = {
                                     "never a setting or a weight",
     "licbench/fileio.py": "atomic writes and sha256 of bytes made elsewhere",
     "licbench/progress.py": "progress bars and log lines on stderr",
-    "licbench/data/download.py": "fetches files whose bytes are pinned by sha256 (data/sources.py "
-                                 "and its checksums): it writes exactly those bytes or fails",
+    "licbench/data/download.py": "writes exactly the bytes a server or mirror serves, or fails; "
+                                 "those of a pinned set are checked against data/sources.py's "
+                                 "checksums (an unpinned set's are the server's, whatever the code)",
 }
 
 

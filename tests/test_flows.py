@@ -109,9 +109,11 @@ def test_settings_items_and_their_errors(tmp_path, monkeypatch):
     assert list(graph)[0] == "datasets@kodak" and list(graph)[-1] == "report@kodak"
     assert graph["evaluate@mbt2018-mean-0.05-kodak"] == ["datasets@kodak", "train@mbt2018-mean-0.05"]
     items = flows.lambda_items(graph, validate_params(TINY), [0.05])
-    # Every train item depends on the training set's masks (SegPIC's partitions).
+    # Every train item depends on the training set (the trainset stage), which
+    # depends on every manifest and mask table index (SegPIC's partitions).
     assert flows.upstream_closure(graph, items) == [
-        "datasets@kodak", "masks@kodak", "train@mbt2018-mean-0.05", "evaluate@mbt2018-mean-0.05-kodak"]
+        "datasets@kodak", "masks@kodak", "trainset", "train@mbt2018-mean-0.05",
+        "evaluate@mbt2018-mean-0.05-kodak"]
     assert flows.upstream_closure(graph, ["report@kodak"], cut=("train",)) == [
         "datasets@kodak", "anchors@kodak", "evaluate@mbt2018-mean-0.01-kodak",
         "evaluate@mbt2018-mean-0.05-kodak", "report@kodak"]
@@ -228,7 +230,8 @@ def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, sta
         client.run(flows.visible_gpus)
         monkeypatch.setenv(flows.DASK_ADDRESS_ENV, cluster.scheduler_address)
         results = {r["item"]: r for r in flows.train_evaluate(lambdas=[0.01, 0.05], repo=str(repo))}
-    assert sorted(results) == sorted(["datasets@kodak", "masks@kodak"] + [f"train@{k}" for k in LAMBDAS]
+    assert sorted(results) == sorted(["datasets@kodak", "masks@kodak", "trainset"]
+                                     + [f"train@{k}" for k in LAMBDAS]
                                      + [f"evaluate@{k}-kodak" for k in LAMBDAS])
     origin = min(r["start"] for r in results.values())
     tasks = {i: (results[f"train@{i}"]["start"], results[f"train@{i}"]["end"]) for i in LAMBDAS}

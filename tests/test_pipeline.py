@@ -21,7 +21,7 @@ TINY = with_overrides(read_params_file(REPO / "params.yaml"), {
     "archs": ["mbt2018-mean"],
     "lambdas": [0.01, 0.05],
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
-    "train": {"dataset": "kodak", "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
+    "train": {"datasets": ["kodak"], "split": "test", "steps": 3, "batch_size": 2, "crop": 64,
               "lr": 0.001, "aux_lr": 0.001, "clip_max_norm": 1.0, "seed": 0, "device": "cpu",
               "log_every": 1, "lr_schedule": "none", "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},
@@ -115,6 +115,23 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     changed = status(with_overrides(TINY, {"train": {"lr": 0.002}}))
     assert sorted(changed) == ["train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05"]
     assert changed["train@mbt2018-mean-0.01"] == [{"changed deps": {"params.yaml": {"train.lr": "modified"}}}]
+
+    # 2c. A set that is not trained on (a new evaluation set, say) reruns the
+    # trainset stage, whose output keeps its bytes: nothing retrains.
+    with_bsds = with_overrides(TINY, {"datasets": {"sets": ["kodak", "bsds500"]}})
+    assert sorted(status(with_bsds)) == ["datasets@bsds500"]
+    trainset = (repo_copy / "data/trainset.parquet").read_bytes()
+    out = run(dvc + ["repro"], repo_copy, env)
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["datasets@bsds500", "trainset"]
+    assert (repo_copy / "data/trainset.parquet").read_bytes() == trainset
+    assert ckpt.stat().st_mtime_ns == mtime
+    # Training on both reruns every training.
+    both = with_overrides(with_bsds, {"train": {"datasets": ["kodak", "bsds500"]},
+                                      "masks": {"sets": {"kodak": ["test"], "bsds500": ["test"]}}})
+    assert sorted(status(both)) == ["masks@bsds500", "train@mbt2018-mean-0.01", "train@mbt2018-mean-0.05",
+                                    "trainset"]
+    assert status(TINY) == {}
 
     # 3. Changing one lambda reruns only that lambda's train and evaluate; here
     # through the Prefect flow, which must leave the same DVC state.

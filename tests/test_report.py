@@ -187,10 +187,14 @@ def test_unknown_published_curve_lists_the_known(data_root, tmp_path):
 
 
 def test_published_curves_carry_source_and_licence():
-    ids = published.available("kodak")
-    assert {"vtm", "bpg", "hm", "segpic", "wacnn", "charm", "compressai-mbt2018-mean"} <= set(ids)
-    for curve_id in ids:
-        entry = published.load("kodak", curve_id)
+    assert {"vtm", "bpg", "hm", "segpic", "wacnn", "charm", "compressai-mbt2018-mean"} <= \
+        set(published.available("kodak"))
+    # HPCM's CLIC and Tecnick points (lyq133/LIC-HPCM R-D_Data.md).
+    assert published.available("clic2020-pro-valid") == published.available("tecnick") == ["hpcm-base", "hpcm-large"]
+    ids = [(d.name, i) for d in sorted(published.ROOT.iterdir()) if d.is_dir() for i in published.available(d.name)]
+    for dataset, curve_id in ids:
+        entry = published.load(dataset, curve_id)
+        assert entry["dataset"] == dataset and entry["id"] == curve_id
         assert entry["published"] is True and entry["licence"]
         assert {"repository", "path", "commit"} <= set(entry["source"])
         res = entry["results"]

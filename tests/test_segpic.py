@@ -299,10 +299,11 @@ def test_missing_masks_are_named(mirror, tmp_path):
     prepare_dataset(kodak(), root, root / "manifests" / "kodak.parquet", mirror=mirror)
     params = load_params(REPO / "params.yaml", {
         "datasets": {"sets": ["kodak"]}, "archs": ["segpic"], "architectures": {"segpic": TINY},
-        "train": {"dataset": "kodak", "split": "test", "steps": 1, "batch_size": 2, "crop": 64,
+        "train": {"datasets": ["kodak"], "split": "test", "steps": 1, "batch_size": 2, "crop": 64,
                   "device": "cpu", "val_split": None},
         "evaluate": {"datasets": ["kodak"]}, "masks": {"sets": {"kodak": ["test"]}}})
-    with pytest.raises(MaskError, match=r"masks[/\\]kodak[/\\]masks.parquet: mask table not found"):
+    with pytest.raises(MaskError, match=r"^kodak has no mask table of split 'test': add kodak: \[test\] "
+                                        r"to masks.sets and run the masks stage$"):
         run_train_stage(params.train, "segpic", TINY, 0.01, tmp_path / "c.pt", tmp_path / "t.json", root,
                         experiment="test")
     assert not (tmp_path / "c.pt").exists()
@@ -318,6 +319,8 @@ def test_quick_and_paper_settings_are_valid():
     assert (cfg.lr_schedule, cfg.lr_factor, cfg.lr_patience) == ("plateau", 0.5, 16)
     assert all(paper.architecture("segpic", lmbda) == {"N": 192, "M": 320, "grid": 4, "use_mask": 1}
                for lmbda in paper.lambdas)
-    assert cfg.split in paper.masks.sets[cfg.dataset]  # the train stage reads these masks
+    # The authors' recipe: COCO train2017 with its panoptic masks.
+    assert cfg.datasets == ["coco2017"] and cfg.split == "train2017"
+    assert paper.masks.generator == "coco-panoptic" and paper.masks.sets == {"coco2017": ["train2017"]}
     published = json.loads((REPO / "src/licbench/report/published/kodak/segpic.json").read_text())
     assert len(published["results"]["bpp"]) == len(paper.lambdas) == 6

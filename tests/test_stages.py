@@ -23,7 +23,7 @@ from conftest import REPO
 TINY = {
     "datasets": {"sets": ["kodak"]},
     "architectures": {"mbt2018-mean": {"N": 16, "M": 24}},
-    "train": {"dataset": "kodak", "split": "test", "steps": 4, "batch_size": 2, "crop": 64,
+    "train": {"datasets": ["kodak"], "split": "test", "steps": 4, "batch_size": 2, "crop": 64,
               "lr": 1e-3, "seed": 0, "device": "cpu", "log_every": 2, "lr_schedule": "none",
               "val_split": None},
     "evaluate": {"datasets": ["kodak"], "device": "cpu", "max_images": 2},

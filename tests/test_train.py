@@ -270,7 +270,7 @@ def kodak_root(mirror, tmp_path_factory):
 STAGE_PARAMS = {
     "datasets": {"sets": ["kodak"]},
     "architectures": {ARCH: ARCH_CONFIG},
-    "train": {"dataset": "kodak", "split": "test", "steps": 4, "batch_size": 2, "crop": 64, "lr": 1e-3,
+    "train": {"datasets": ["kodak"], "split": "test", "steps": 4, "batch_size": 2, "crop": 64, "lr": 1e-3,
               "seed": 0, "device": "cpu", "log_every": 1, "checkpoint_every": 2, "val_split": "test",
               "val_images": 2, "val_crop": 64, "val_every": 2, "lr_schedule": "none"},
     "evaluate": {"datasets": ["kodak"]},

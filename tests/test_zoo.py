@@ -53,7 +53,7 @@ def test_every_architecture_trains_and_evaluates_through_dvc_repro(tmp_path, mir
         return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
 
     keys = [f"{arch}-0.01" for arch in sorted(ARCHITECTURES)]
-    assert repro(PARAMS) == sorted(["datasets@kodak", "masks@kodak"] + [f"train@{k}" for k in keys]
+    assert repro(PARAMS) == sorted(["datasets@kodak", "masks@kodak", "trainset"] + [f"train@{k}" for k in keys]
                                    + [f"evaluate@{k}-kodak" for k in keys])
     for arch in ARCHITECTURES:
         summary = json.loads((repo_copy / f"data/metrics/kodak/{arch}-0.01.json").read_text())

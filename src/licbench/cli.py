@@ -1,5 +1,5 @@
 """The ``licbench`` command: compress, decompress and inspect files, evaluate
-models, check params files.
+models, check params files, pin a dataset's checksums.
 
 Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used),
 or an output that cannot be written (a full disk); 2 bad usage (a params file
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,6 +165,26 @@ def cmd_params(args) -> int:
     return EXIT_OK
 
 
+def cmd_datasets(args) -> int:
+    """``pin``: download a set that is not pinned once (or read its mirror copy)
+    and write the sha256 of every file it keeps to its checksums table."""
+    from .config import MIRROR_ENV
+    from .data.datasets import pin_dataset
+    from .data.sources import get_source
+
+    mirror = args.mirror or (Path(os.environ[MIRROR_ENV]) if os.environ.get(MIRROR_ENV) else None)
+    try:
+        if mirror is not None and not mirror.is_dir():
+            raise ConfigError(f"mirror {mirror}: no such folder")
+        path, count = pin_dataset(get_source(args.dataset), mirror=mirror, cache_dir=args.cache)
+    except ConfigError as exc:  # an unknown or already pinned set: bad usage, not a model problem
+        print(f"licbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    where = f"mirror {mirror / args.dataset}" if mirror is not None else "its archives"
+    print(f"{path}: {count} files of {args.dataset} pinned from {where}; commit it")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="licbench",
@@ -239,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="params.yaml", metavar="FILE",
                    help="default: params.yaml")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("datasets", help="pin a dataset's checksums",
+                       description="pin: download SET once (its archives, into the cache; or read "
+                                   "its copy under --mirror / LICBENCH_MIRROR), and write the sha256 "
+                                   "and size of every file the datasets stage keeps to "
+                                   "src/licbench/data/checksums/SET.tsv, to be committed: every "
+                                   "later fetch of SET is checked against it.")
+    p.add_argument("action", choices=("pin",))
+    p.add_argument("dataset", metavar="SET")
+    p.add_argument("--mirror", type=Path, help="a folder laid out like <mirror>/<set>/... "
+                   "(default: LICBENCH_MIRROR, else the real URLs)")
+    p.add_argument("--cache", type=Path, help="where archives are downloaded "
+                   "(default: LICBENCH_CACHE, else ~/.cache/licbench)")
+    p.set_defaults(func=cmd_datasets)
     return parser
 
 

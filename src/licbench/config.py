@@ -138,7 +138,9 @@ class ArchitectureConfig(Section):
 
 class TrainConfig(Section):
     KEY: ClassVar[str] = "train"
-    dataset: Name
+    # The training set is the union of these sets' ``split`` images; crops are
+    # drawn across it in proportion to pixels (licbench.data.trainset).
+    datasets: Names
     split: Name
     steps: PositiveInt
     batch_size: PositiveInt  # the whole batch of a step, shared out among DDP processes
@@ -170,7 +172,7 @@ class TrainConfig(Section):
             needs = [n for n in needs if n]
             if needs:
                 raise _refused([(("val_split",), f"null, but {' and '.join(needs)} needs validations",
-                                 "a split of train.dataset")])
+                                 "a split of a set of train.datasets")])
         return self
 
 
@@ -233,7 +235,9 @@ class FallbackConfig(Section):
 class MasksConfig(Section):
     KEY: ClassVar[str] = "masks"
     sets: dict[Name, Names]  # set -> splits to segment
-    generator: Literal["sam", "fallback"]
+    # coco-panoptic: COCO's panoptic annotations, one region per segment
+    # (licbench.masks.panoptic); sets without panoptic annotations are refused.
+    generator: Literal["sam", "fallback", "coco-panoptic"]
     fallback_when_unavailable: bool
     device: Device
     workers: PositiveInt | None  # null: one per CPU core
@@ -305,16 +309,12 @@ class Params(Section):
             if arch not in self.architectures:
                 problems.append((("archs", i), f"{arch!r} has no entry in architectures",
                                  _one_of(self.architectures)))
-        in_sets(("train", "dataset"), self.train.dataset)
+        for i, name in enumerate(self.train.datasets):
+            in_sets(("train", "datasets", i), name)
         for i, name in enumerate(self.evaluate.datasets):
             in_sets(("evaluate", "datasets", i), name)
         for name in self.masks.sets:
             in_sets(("masks", "sets", name), name)
-        if self.train.dataset in sets and self.train.dataset not in self.masks.sets:
-            # dvc.yaml: every train item depends on the mask table of its training set.
-            problems.append((("masks", "sets"), f"no entry for train.dataset {self.train.dataset!r}",
-                             f"the train stage reads its mask table: add {self.train.dataset}: "
-                             f"[{self.train.split}]"))
         if known.get("sources") is not None:
             problems += self._source_problems(known["sources"])
         if known.get("architectures") is not None:
@@ -326,14 +326,15 @@ class Params(Section):
                         problems.append((("anchors", field, name), "unknown codec",
                                          _one_of(sorted(known["codecs"]))))
         if known.get("published") is not None:
-            for dataset in self.evaluate.datasets:
-                available = known["published"](dataset)
-                for i, curve in enumerate(self.report.published):
-                    # A set with no published curve at all is compared with its local anchors only.
-                    if available and curve not in available:
-                        problems.append((("report", "published", i),
-                                         f"no published curve {curve!r} for {dataset}",
-                                         _one_of(available)))
+            # Each set's report draws the listed curves published for it: a curve
+            # must be published for at least one evaluation set.
+            available = {d: known["published"](d) for d in self.evaluate.datasets}
+            anywhere = sorted({c for curves in available.values() for c in curves})
+            for i, curve in enumerate(self.report.published):
+                if not any(curve in curves for curves in available.values()):
+                    problems.append((("report", "published", i),
+                                     f"no published curve {curve!r} for "
+                                     f"{' or '.join(self.evaluate.datasets)}", _one_of(anywhere)))
         if problems:
             raise _refused(problems)
         return self
@@ -347,17 +348,34 @@ class Params(Section):
             else:
                 problems.append((("datasets", "sets", i), f"{name!r} is not a known dataset",
                                  _one_of(sorted(sources))))
-        known = splits.get(self.train.dataset)
-        for field in ("split", "val_split"):
-            value = getattr(self.train, field)
-            if known is not None and value is not None and value not in known:
-                problems.append((("train", field), f"{value!r} is not a split of {self.train.dataset}",
-                                 _one_of(known)))
+        union = [n for n in self.train.datasets if n in splits]
+        for name in union:  # every set of the union gives its train.split images
+            if self.train.split not in splits[name]:
+                problems.append((("train", "split"), f"{self.train.split!r} is not a split of {name}",
+                                 _one_of(splits[name])))
+        val = self.train.val_split
+        if union and val is not None and not any(val in splits[n] for n in union):
+            problems.append((("train", "val_split"), f"{val!r} is a split of no set of train.datasets",
+                             _one_of(sorted({s for n in union for s in splits[n]}))))
         for name, chosen in self.masks.sets.items():
             for i, split in enumerate(chosen):
                 if name in splits and split not in splits[name]:
                     problems.append((("masks", "sets", name, i), f"{split!r} is not a split of {name}",
                                      _one_of(splits[name])))
+        if self.masks.generator == "coco-panoptic":
+            for name, chosen in self.masks.sets.items():
+                if name not in sources:
+                    continue
+                annotated = sources[name]().panoptic
+                lacking = [s for s in chosen if s not in annotated]
+                if lacking:
+                    with_panoptic = sorted(n for n in self.datasets.sets if n in sources
+                                           and sources[n]().panoptic)
+                    problems.append((("masks", "sets", name),
+                                     f"masks.generator is coco-panoptic, but {name} has no panoptic "
+                                     f"annotations of {', '.join(lacking)}",
+                                     f"sets with them: {', '.join(with_panoptic) or 'none listed'}; "
+                                     "or generator sam or fallback"))
         return problems
 
     def _architecture_problems(self, registry: Mapping) -> list:
@@ -387,6 +405,18 @@ class Params(Section):
             check(("architectures", arch), settings.model_extra, complete=True)
             for lmbda, override in settings.by_lambda.items():
                 check(("architectures", arch, "by_lambda", lmbda), override, complete=False)
+        # An architecture trained with region partitions reads the mask table
+        # of every set of the union.
+        partitioned = [a for a in self.archs if a in registry and a in self.architectures
+                       and registry[a].partition_key
+                       and any(self.architecture(a, lmbda).get(registry[a].partition_key) == 1
+                               for lmbda in self.lambdas)]
+        if partitioned:
+            for name in self.train.datasets:
+                if self.train.split not in self.masks.sets.get(name, []):
+                    problems.append((("masks", "sets"), f"no {self.train.split!r} masks of {name}",
+                                     f"{partitioned[0]} trains with the masks of every set of "
+                                     f"train.datasets: add {name}: [{self.train.split}]"))
         return problems
 
 

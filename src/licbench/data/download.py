@@ -374,20 +374,31 @@ def download_first(urls: Sequence[str], dest: str | Path, sha256: str | None = N
     raise error(failures[0] if len(failures) == 1 else "every source failed: " + "; ".join(failures))
 
 
-def copy_verified(src: str | Path, dest: str | Path, sha256: str | None) -> Path:
-    """Copy a local file to ``dest`` if and only if its sha256 matches."""
+def copy_verified(src: str | Path, dest: str | Path, sha256: str | None) -> str:
+    """Copy a local file to ``dest`` if and only if its sha256 matches (any
+    file when ``sha256`` is None); return its sha256."""
     src, dest = Path(src), Path(dest)
     with open(src, "rb") as fin, atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
             digest = _copy_hashing(fin, out)
         _check(digest, sha256, str(src))
-    return dest
+    return digest
 
 
-def save_stream_verified(stream: BinaryIO, dest: str | Path, sha256: str | None, what: str) -> Path:
-    """Write a readable stream (an archive member) to ``dest`` if its sha256 matches."""
+def save_stream_verified(stream: BinaryIO, dest: str | Path, sha256: str | None, what: str) -> str:
+    """Write a readable stream (an archive member) to ``dest`` if its sha256
+    matches (any stream when ``sha256`` is None); return its sha256."""
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
             digest = _copy_hashing(stream, out)
         _check(digest, sha256, what)
-    return Path(dest)
+    return digest
+
+
+def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
+    """The sha256 and length of what a readable stream holds."""
+    h, n = hashlib.sha256(), 0
+    while block := stream.read(_CHUNK):
+        h.update(block)
+        n += len(block)
+    return h.hexdigest(), n

@@ -1,5 +1,6 @@
-"""Class-agnostic region masks (SAM, or a classical fallback) for SegPIC-style
-training: generation, the RLE mask table, and per-image partitions."""
+"""Class-agnostic region masks (SAM, a classical fallback, or COCO's panoptic
+annotations) for SegPIC-style training: generation, the RLE mask table, and
+per-image partitions."""
 
 from .rle import crop_flip, decode_rle, encode_rle, partition_from_masks, partition_from_rles
 from .table import MaskTable, load_masks

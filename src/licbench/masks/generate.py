@@ -56,14 +56,22 @@ class Mask:
 
 @dataclass
 class Segmenter:
-    """What segments an image, and every setting its result depends on."""
+    """What segments an image, and every setting its result depends on.
 
-    name: str  # "sam-vit_b" or "felzenszwalb" / "slic"
+    ``segment(image)`` from the pixels alone (SAM, the fallback), or
+    ``annotated(image, name)`` from annotations of the image of that manifest
+    path (COCO's panoptic PNGs, :mod:`licbench.masks.panoptic`)."""
+
+    name: str  # "sam-vit_b", "felzenszwalb" / "slic", "coco-panoptic"
     settings: dict  # goes into the settings digest and the table's metadata
-    segment: Callable[[np.ndarray], list[Mask]]
+    segment: Callable[[np.ndarray], list[Mask]] | None
     requested: str = ""  # the generator params.yaml asked for
     fallback_reason: str = ""
     parallel_safe: bool = False  # picklable and CPU-only: may run in worker processes
+    annotated: Callable[[np.ndarray, str], list[Mask]] | None = None
+
+    def masks_of(self, image: np.ndarray, name: str) -> list[Mask]:
+        return self.annotated(image, name) if self.annotated is not None else self.segment(image)
 
     @property
     def digest(self) -> str:
@@ -280,6 +288,9 @@ def make_segmenter(cfg: MasksConfig, *, mirror: Path | None = None, cache_dir: P
     """
     if cfg.generator == "fallback":
         return make_fallback(cfg.fallback)
+    if cfg.generator != "sam":  # coco-panoptic reads a set's annotations: licbench.masks.panoptic
+        raise ConfigError(f"masks.generator {cfg.generator!r} needs the set it segments; "
+                          "run it through the masks stage")
     settings = sam_settings(cfg.sam)
     device = resolve_device(cfg)
     if model is not None:

@@ -20,18 +20,20 @@ from ..fileio import atomic_path, write_json_atomic
 from ..progress import progress
 from .generate import Segmenter, fallback_segment, make_segmenter
 from .rle import ones_indices
-from .table import IMAGES_FILE, MaskTable, mask_rows, part_path, read_part, write_part, write_tables
+from .table import (IMAGES_FILE, MaskTable, mask_rows, part_path, read_part, write_index, write_part,
+                    write_tables)
 
 log = logging.getLogger(__name__)
 
 
 def segment_one(image: str, path: str, split: str, sha256: str, segment, settings_sha256: str,
                 out_dir: str) -> dict:
-    """Segment one image and write its part; return its image row."""
+    """Segment one image (``segment(array, image)``) and write its part;
+    return its image row."""
     array = load_rgb8(path).array
     height, width = array.shape[:2]
     t0 = time.perf_counter()
-    masks = segment(array)
+    masks = segment(array, image)
     seconds = time.perf_counter() - t0
     covered = np.zeros(height * width, dtype=bool)
     for m in masks:
@@ -45,7 +47,7 @@ def segment_one(image: str, path: str, split: str, sha256: str, segment, setting
 
 def _fallback_job(job: tuple) -> dict:
     image, path, split, sha256, settings, digest, out_dir = job
-    return segment_one(image, path, split, sha256, lambda a: fallback_segment(a, settings),
+    return segment_one(image, path, split, sha256, lambda a, _: fallback_segment(a, settings),
                        digest, out_dir)
 
 
@@ -82,7 +84,7 @@ def generate_masks(images: list[dict], segmenter: Segmenter, out_dir: str | Path
         pool.shutdown()
     else:
         for job in jobs:
-            segment_one(*job, segmenter.segment, digest, str(out_dir))
+            segment_one(*job, segmenter.masks_of, digest, str(out_dir))
             bar.update()
     bar.close()
     parts = [read_part(part_path(out_dir, im["image"]), digest, im["sha256"]) for im in images]
@@ -117,8 +119,9 @@ def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary
                     data_root: str | Path = "data", *, mirror: Path | None, experiment: str,
                     model=None, build=None) -> dict:
     """What ``stages/masks.py`` runs: masks for one set's configured splits,
-    logged to the MLflow ``experiment``. ``mirror``: where a SAM checkpoint may be
-    copied from (:func:`licbench.config.resolve_mirror`).
+    logged to the MLflow ``experiment``, and the table's index
+    (``<data_root>/manifests/masks/<set>.json``). ``mirror``: where a SAM
+    checkpoint may be copied from (:func:`licbench.config.resolve_mirror`).
 
     ``model``, ``build``: see :func:`licbench.masks.generate.make_segmenter` (tests).
     """
@@ -137,7 +140,13 @@ def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary
     if missing:
         raise cfg.error(f"sets.{dataset}", f"{missing} not in the manifest", f"splits of {known}")
     images = select_images(manifest, splits, data_root, cfg.max_images)
-    segmenter = make_segmenter(cfg, mirror=mirror, model=model, build=build)
+    if cfg.generator == "coco-panoptic":
+        from ..data.sources import get_source
+        from .panoptic import make_panoptic_segmenter
+
+        segmenter = make_panoptic_segmenter(get_source(dataset), data_root / dataset, splits)
+    else:
+        segmenter = make_segmenter(cfg, mirror=mirror, model=model, build=build)
     metadata = {
         "dataset": dataset, "splits": splits, "manifest_sha256": manifest_digest(manifest),
         "generator": segmenter.name, "requested_generator": segmenter.requested or segmenter.name,
@@ -145,10 +154,13 @@ def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary
         "rle": "COCO uncompressed counts, column-major, first run is zeros",
         "partition": "masks drawn largest first, uncovered 4-connected pixels as own regions",
     }
+    if segmenter.name == "coco-panoptic":
+        metadata["regions"] = "one per panoptic segment (category dropped), one of all void (id 0) pixels"
     workers = cfg.workers or os.cpu_count() or 1
     log.info("%s: %s masks for %d images of split(s) %s", dataset, segmenter.name, len(images),
              ", ".join(splits))
     table = generate_masks(images, segmenter, out_dir, metadata, workers)
+    write_index(data_root, dataset, out_dir)
 
     info = _image_rows(out_dir)
     regions = []

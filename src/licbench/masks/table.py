@@ -13,6 +13,11 @@ settings (and their digest), and why a fallback was used.
 ``<out>/parts/<image>.parquet`` holds each image's rows as soon as they are
 made (written atomically), so an interrupted run restarted skips finished
 images; the two tables are assembled from the parts at the end.
+
+``<data root>/manifests/masks/<set>.json``, the table's index: what it was made
+from and with, and the sha256 of ``masks.parquet``; the same bytes whenever the
+stage makes the same table. The train stage's training set is assembled from
+the manifests and these indexes (licbench.data.trainset).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import MaskError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, sha256_file, write_json_atomic
 from .generate import Mask
 from .rle import partition_from_rles, decode_rle
 
@@ -107,6 +112,33 @@ def write_tables(out_dir: Path, parts: list[tuple[pa.Table, dict]], metadata: di
         pq.write_table(masks.replace_schema_metadata(meta), tmp)
     with atomic_path(out_dir / IMAGES_FILE) as tmp:
         pq.write_table(images.replace_schema_metadata(meta), tmp)
+
+
+def index_path(data_root: str | Path, dataset: str) -> Path:
+    return Path(data_root) / "manifests" / "masks" / f"{dataset}.json"
+
+
+INDEX_KEYS = ("dataset", "splits", "generator", "settings_sha256", "manifest_sha256")
+
+
+def write_index(data_root: str | Path, dataset: str, out_dir: str | Path) -> dict:
+    """The index of the table in ``out_dir`` (see the module's docstring)."""
+    path = Path(out_dir) / MASKS_FILE
+    meta = json.loads(pq.read_schema(path).metadata[META_KEY])  # the schema alone: no rows read
+    index = {**{k: meta.get(k) for k in INDEX_KEYS}, "masks_sha256": sha256_file(path)}
+    write_json_atomic(index_path(data_root, dataset), index)
+    return index
+
+
+def read_index(data_root: str | Path, dataset: str) -> dict | None:
+    """The index of ``dataset``'s mask table, or None when it has none."""
+    path = index_path(data_root, dataset)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise MaskError(f"{path}: not a mask table index; run the masks stage again") from None
 
 
 def _read(path: Path, schema: pa.Schema) -> tuple[pa.Table, dict]:

@@ -111,11 +111,15 @@ def anchor_curves(curves_json: Path) -> list[Curve]:
 
 
 def published_curves(dataset: str, ids: list[str]) -> list[Curve]:
-    if ids and not published.available(dataset):
-        log.info("report: no published curves for %s; comparing with local anchors only", dataset)
-        return []
+    """The curves of ``ids`` published for ``dataset`` (report.published lists
+    those of every evaluation set: each set draws its own)."""
+    available = published.available(dataset)
+    absent = [c for c in ids if c not in available]
+    if absent:
+        log.info("report %s: no published %s for this set%s", dataset, ", ".join(absent),
+                 "" if available else "; comparing with local anchors only")
     out = []
-    for curve_id in ids:
+    for curve_id in (c for c in ids if c in available):
         entry = published.load(dataset, curve_id)
         res = entry["results"]
         out.append(Curve(f"published_{curve_id.replace('-', '_')}", f"{entry['name']} [published]",
