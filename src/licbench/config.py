@@ -30,7 +30,8 @@ passes them (keyword arguments of :func:`load_params`): ``sources`` (dataset
 names and their splits, ``licbench.data.sources.SOURCES``), ``architectures``
 (each one's config keys, ``licbench.models.ARCHITECTURES``), ``codecs``
 (``licbench.anchors.CODECS``), ``metrics`` (``licbench.metrics.METRICS``) and
-``published`` (the published curves of a set, ``licbench.report.published.available``). Each stage passes those its code
+``published`` (the published curves of a set,
+``licbench.report.published.available``). Each stage passes those its code
 imports anyway, so that its DVC dependencies do not grow; ``licbench params
 check`` passes all of them.
 """
