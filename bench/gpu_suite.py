@@ -925,7 +925,8 @@ def part_train(ctx: Context, part: Part) -> None:
     from licbench.evaluate import evaluate_checkpoint
 
     ckpt = load_checkpoint(path, device)
-    _, kodak = evaluate_checkpoint(ckpt, ctx.kodak[: s.eval_images], ctx.workdir("train-eval"))
+    _, kodak = evaluate_checkpoint(ckpt, ctx.kodak[: s.eval_images], ctx.workdir("train-eval"),
+                                   metrics=["psnr", "ms_ssim"])
     part.record["kodak"] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in kodak.items()}
     part.record["kodak"]["device"] = s.device
     ctx.trained = {"path": path, "config": config, "steps": summary["steps"]}

@@ -7,6 +7,7 @@ from licbench.anchors import CODECS, run_anchors_stage
 from licbench.config import load_params
 from licbench.data.sources import SOURCES
 from licbench.entry import run_main
+from licbench.metrics import METRICS
 
 
 def main():
@@ -16,8 +17,8 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    params = load_params(args.params, sources=SOURCES, codecs=CODECS)
-    run_anchors_stage(params.anchors, args.dataset, args.out, args.data_root)
+    params = load_params(args.params, sources=SOURCES, codecs=CODECS, metrics=METRICS)
+    run_anchors_stage(params.anchors, args.dataset, args.out, args.data_root, params.metric_weights)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from licbench.config import load_params
 from licbench.data.sources import SOURCES
 from licbench.entry import run_main
 from licbench.evaluate import run_evaluate_stage
+from licbench.metrics import METRICS
 
 
 def main():
@@ -18,9 +19,10 @@ def main():
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
-    params = load_params(args.params, sources=SOURCES)
+    params = load_params(args.params, sources=SOURCES, metrics=METRICS)
     run_evaluate_stage(params.evaluate, args.checkpoint, args.dataset, args.out, args.summary,
-                       args.data_root, experiment=params.mlflow.experiment)
+                       args.data_root, experiment=params.mlflow.experiment,
+                       metric_weights=params.metric_weights)
 
 
 if __name__ == "__main__":

@@ -211,3 +211,20 @@ def test_the_schema_names_what_the_code_offers():
 
     assert set(typing.get_args(SamConfig.model_fields["model_type"].annotation)) == set(OFFICIAL_CHECKPOINTS)
     assert set(typing.get_args(TrainConfig.model_fields["amp"].annotation)) == set(AMP_DTYPES)
+
+
+def test_metric_names_are_checked_against_the_registry():
+    from licbench.metrics import METRICS
+
+    with pytest.raises(ParamsError, match=r"params.yaml: evaluate.metrics\[1\]: 'ssim' is not a known metric; "
+                                          r"one of psnr, ms_ssim, "):
+        load_params(REPO / "params.yaml", {"evaluate": {"metrics": ["psnr", "ssim"]}}, metrics=METRICS)
+    with pytest.raises(ParamsError, match=r"params.yaml: anchors.metrics: psnr is not listed; a list of metric "
+                                          r"names with psnr among them"):
+        load_params(REPO / "params.yaml", {"anchors": {"metrics": ["ms_ssim"]}})
+    with pytest.raises(ParamsError, match=r"params.yaml: evaluate.metrics\[1\]: lpips needs network weights, "
+                                          r"and metric_weights is null"):
+        load_params(REPO / "params.yaml", {"evaluate": {"metrics": ["psnr", "lpips"]}}, metrics=METRICS)
+    params = load_params(REPO / "params.yaml", {"evaluate": {"metrics": ["psnr", "lpips"]},
+                                                "metric_weights": "/somewhere"}, metrics=METRICS)
+    assert params.evaluate.metrics == ["psnr", "lpips"]

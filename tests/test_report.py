@@ -89,13 +89,16 @@ def test_known_answer_and_table(data_root, tmp_path):
     assert report.table["toy"]["far"]["psnr"]["bd_rate_pchip"] is None
     assert any("do not overlap" in w for w in report.table["toy"]["far"]["psnr"]["warnings"])
     md = (tmp_path / "out" / "bd_rate.md").read_text()
-    assert "| jpeg [this run] | -20.00 % | +0.97 dB | -20.00 % |" in md
-    assert "| far [this run] * | n/a |" in md
+    assert "| jpeg [this run] | file | -20.00 % | -20.00 % | n/a |" in md  # BD-rate
+    assert "| jpeg [this run] | +0.97 dB | +0.97 dB |" in md  # BD-quality
+    assert "| far [this run] * | file | n/a |" in md
     saved = json.loads((tmp_path / "out" / "bd_table.json").read_text())
     assert saved["bd"]["toy"]["jpeg"]["psnr"]["bd_rate_cubic"] == pytest.approx(-20.0, abs=1e-6)
     headline = json.loads((tmp_path / "out" / "bd_rate.json").read_text())
-    assert headline["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
-    assert headline["toy"]["far"] is None
+    assert headline["toy"]["jpeg"]["psnr"] == pytest.approx(-20.0, abs=1e-6)
+    assert headline["toy"]["jpeg"]["ms_ssim"] == pytest.approx(-20.0, abs=1e-6)
+    assert headline["toy"]["jpeg"]["jpeg_ai_average"] is None  # none of JPEG AI's metrics
+    assert headline["toy"]["far"]["psnr"] is None
 
 
 def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
@@ -137,7 +140,7 @@ def test_three_lambdas_warn_in_the_table(tmp_path):
     report = report_of(root, tmp_path / "out", lambdas=LAMBDAS[:3], published=[])
     cell = report.table["toy"]["jpeg"]["psnr"]
     assert cell["bd_rate_pchip"] > 0
-    assert any(w.startswith("PSNR: ") and "3 points" in w for w in cell["warnings"])
+    assert any(w.startswith("PSNR (RGB): ") and "3 points" in w for w in cell["warnings"])
     assert "## Warnings" in report.markdown
 
 
@@ -155,7 +158,7 @@ def test_one_lambda_draws_its_point_and_says_in_one_line_why_no_bd_rate(tmp_path
     assert said == ["toy [trained here]: 1 point; BD-rate needs at least 2 points per curve, and 4 are "
                     "the norm (VCEG-M33's cubic fit passes through 4 rate points, as the common test "
                     "conditions code); its BD values are n/a, its points are in the plots."]
-    assert "| jpeg [this run] | n/a | n/a | n/a | n/a |" in report.markdown
+    assert "| jpeg [this run] | file | n/a | n/a | n/a |" in report.markdown
     logged = [r.getMessage() for r in caplog.records if "needs at least 2 points" in r.getMessage()]
     assert len(logged) == 1 and logged[0].startswith("report kodak: toy [trained here]: 1 point")
     points = json.loads((tmp_path / "out" / "rd_points.json").read_text())
@@ -257,6 +260,6 @@ def test_saturating_model_gets_no_bd_rate_but_a_bd_psnr(tmp_path):
     cell = report.table["toy"]["jpeg"]["psnr"]
     assert cell["bd_rate_pchip"] is None and cell["bd_rate_cubic"] is None
     assert cell["bd_psnr_pchip"] > 0
-    assert any("no BD-rate: the test curve's PSNR does not increase" in w for w in cell["warnings"])
+    assert any("no BD-rate: the test curve's PSNR (RGB) does not increase" in w for w in cell["warnings"])
     # MS-SSIM still increases: its BD-rate stays.
     assert report.table["toy"]["jpeg"]["ms_ssim"]["bd_rate_pchip"] == pytest.approx(-20.0, abs=1e-6)

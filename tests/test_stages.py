@@ -81,6 +81,20 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
         size = (out / r["bitstream"]).stat().st_size
         assert r["bytes"] == size
         assert r["bpp"] == pytest.approx(bpp_from_bytes(size, r["height"], r["width"]))
+        # Stream bpp counts the entropy-coded strings alone: file minus the
+        # container's header, whose size follows from docs/bitstream.md's layout
+        # (magic 4, version/flags/name length 3, the name, model id 8, image size
+        # and padding 10, latent rank 1 and 4 per dimension, stream count 1 and
+        # 8 per stream, header CRC 4): 67 bytes for mbt2018-mean's 2 streams
+        # and its 2-D latent shape.
+        bs = read_bitstream(out / r["bitstream"])
+        header = 4 + 3 + len(bs.arch) + 8 + 10 + 1 + 4 * len(bs.shape) + 1 + 8 * len(bs.streams) + 4
+        assert header == 67 and r["bytes"] - r["stream_bytes"] == header
+        assert r["stream_bytes"] == sum(len(s) for s in bs.streams)
+        assert (r["bpp"] - r["bpp_stream"]) * r["height"] * r["width"] / 8 == pytest.approx(header)
+        # The quick default's metrics, each a column (licbench.metrics).
+        for column in ("psnr_y_bt709", "psnr_yuv_bt709", "psnr_yuv_bt601"):
+            assert math.isfinite(r[column])
         # The metrics are those of the image decoded from the file on disk.
         decoded = decompress_image(ckpt, read_bitstream(out / r["bitstream"]))
         original = load_rgb8(data_root / r["image"]).array
@@ -92,12 +106,22 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
         # is coarse, so file and likelihood estimate agree only roughly here.
         assert r["bpp"] == pytest.approx(r["bpp_estimated"], rel=0.25)
     assert summary["images"] == 2
+    cx = summary["complexity"]
+    assert cx["params_total"] == sum(p.numel() for p in ckpt.model.parameters())
+    assert cx["params_encoder"] > 0 and cx["params_decoder"] > 0 and cx["params_entropy_model"] > 0
+    # The decoder runs the hyper-synthesis and g_s; the encoder g_a, h_a and the hyper-synthesis too.
+    assert cx["kmac_per_pixel_encoder"] > 0 and cx["kmac_per_pixel_decoder"] > 0
+    assert summary["device"].startswith("cpu: ")
+    assert summary["metrics"]["ms_ssim"].startswith("pytorch-msssim ")
     assert summary["bpp"] == pytest.approx(np.mean([r["bpp"] for r in rows]))
     assert json.loads((tmp_path / "metrics.json").read_text())["psnr"] == pytest.approx(summary["psnr"])
     # Logged to the training run of the same weights, not to a new one.
     runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
     assert len(runs) == 1
     assert runs[0].data.metrics["kodak/bpp"] == pytest.approx(summary["bpp"])
+    assert runs[0].data.metrics["kodak/bpp_stream"] == pytest.approx(summary["bpp_stream"])
+    assert runs[0].data.metrics["complexity/kmac_per_pixel_decoder"] == pytest.approx(cx["kmac_per_pixel_decoder"])
+    assert runs[0].data.tags["licbench.kodak.device"] == summary["device"]
     artifacts = mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "eval/kodak")
     assert [a.path for a in artifacts] == ["eval/kodak/per_image.parquet"]
 

@@ -1,8 +1,9 @@
 """The ``anchors`` stage: classical codecs on the evaluation sets.
 
 Each codec encodes each image at each quality setting into the bytes its file
-format stores; bpp counts those bytes, and PSNR and MS-SSIM come from
-:mod:`licbench.metrics`, as for the learned models. Images run in parallel
+format stores; bpp counts those bytes (each format's own headers included),
+and ``anchors.metrics`` come from :mod:`licbench.metrics`, as for the learned
+models. Images run in parallel
 worker processes.
 
 The codecs and what drives them:
@@ -49,7 +50,7 @@ from .config import AnchorsConfig, BinariesConfig
 from .data.images import load_rgb8
 from .errors import ConfigError, LicbenchError
 from .fileio import atomic_path, write_json_atomic
-from .metrics import bpp_from_bytes, ms_ssim, psnr
+from .metrics import bpp_from_bytes, check_weights, columns, measure
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -269,12 +270,15 @@ CODECS = {
     )
 }
 
-ROW_SCHEMA = pa.schema([
-    ("codec", pa.string()), ("setting", pa.float64()), ("image", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()), ("bpp", pa.float64()),
-    ("psnr", pa.float64()), ("ms_ssim", pa.float64()),
-    ("encode_seconds", pa.float64()), ("decode_seconds", pa.float64()),
-])
+def row_schema(metrics: list[str]) -> pa.Schema:
+    return pa.schema(
+        [("codec", pa.string()), ("setting", pa.float64()), ("image", pa.string()),
+         ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()), ("bpp", pa.float64())]
+        + [(c, pa.float64()) for c in (*columns(metrics), "encode_seconds", "decode_seconds")])
+
+
+# The columns CompressAI's results layout names its own way.
+RESULT_KEYS = {"psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 
 
 def _options(codec: str, binaries: BinariesConfig | None) -> dict:
@@ -283,8 +287,9 @@ def _options(codec: str, binaries: BinariesConfig | None) -> dict:
 
 
 def code_image(codec: str, setting: float, name: str, path: str,
-               binaries: BinariesConfig | None = None) -> dict:
-    """Encode one image with one codec setting, decode it, measure it.
+               binaries: BinariesConfig | None = None, metrics: tuple[str, ...] = ("psnr",),
+               weights: str | None = None) -> dict:
+    """Encode one image with one codec setting, decode it, measure it with ``metrics``.
 
     ``binaries``: for an external codec, its entry of ``anchors.binaries``.
     """
@@ -302,7 +307,7 @@ def code_image(codec: str, setting: float, name: str, path: str,
                             f"expected {image.shape}")
     return {"codec": codec, "setting": float(setting), "image": name, "width": w, "height": h,
             "bytes": coded.nbytes, "bpp": bpp_from_bytes(coded.nbytes, h, w),
-            "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
+            **measure(image, decoded, list(metrics), weights),
             "encode_seconds": coded.encode_seconds, "decode_seconds": coded.decode_seconds}
 
 
@@ -335,11 +340,15 @@ def available_codecs(cfg: AnchorsConfig) -> dict[str, BinariesConfig | None]:
     return out
 
 
-def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig, desc: str = "anchors") -> pa.Table:
+def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig, desc: str = "anchors",
+                weights: str | None = None) -> pa.Table:
     """Every runnable codec of ``cfg`` at each of its settings on each image,
-    ``anchors.workers`` images at a time."""
+    ``anchors.workers`` images at a time; ``weights``: params.yaml's metric_weights."""
+    check_weights(cfg.metrics, weights)
     runnable = available_codecs(cfg)
-    jobs = [(codec, s, name, str(path), runnable[codec]) for codec, settings in cfg.codecs.items()
+    metrics = tuple(cfg.metrics)
+    jobs = [(codec, s, name, str(path), runnable[codec], metrics, weights)
+            for codec, settings in cfg.codecs.items()
             if codec in runnable for s in settings for name, path in images]
     workers = cfg.workers or os.cpu_count() or 1
     # One step per codec x setting x image: VTM takes minutes per image.
@@ -363,13 +372,16 @@ def run_anchors(images: list[tuple[str, Path]], cfg: AnchorsConfig, desc: str = 
                 raise
             pool.shutdown()
             rows = [f.result() for f in futures]
-    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=row_schema(list(cfg.metrics)))
 
 
 def curves(table: pa.Table, binaries: dict[str, BinariesConfig | None] | None = None) -> dict[str, dict]:
     """Per codec, the mean over images at each setting, in CompressAI's results
-    JSON layout (``{"name", "description", "results": {"bpp", "psnr-rgb", ...}}``),
-    ordered by rate."""
+    JSON layout (``{"name", "description", "results": {"bpp", "psnr-rgb", ...}}``;
+    the metric columns it has no name for under their own), ordered by rate."""
+    quality = [c for c in table.column_names
+               if c not in ("codec", "setting", "image", "width", "height", "bytes", "bpp",
+                            "encode_seconds", "decode_seconds")]
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in table.to_pylist():
         groups[(row["codec"], row["setting"])].append(row)
@@ -384,9 +396,9 @@ def curves(table: pa.Table, binaries: dict[str, BinariesConfig | None] | None = 
         res = entry["results"]
         res[CODECS[codec].setting.replace(" ", "_").lower()].append(setting)
         res["bpp"].append(float(np.mean([r["bpp"] for r in rows])))
-        res["psnr-rgb"].append(float(np.mean([r["psnr"] for r in rows])))
-        values = [r["ms_ssim"] for r in rows if r["ms_ssim"] is not None]
-        res["ms-ssim-rgb"].append(float(np.mean(values)) if values else None)
+        for column in quality:
+            values = [r[column] for r in rows if r[column] is not None]
+            res[RESULT_KEYS.get(column, column)].append(float(np.mean(values)) if values else None)
         res["encoding_time"].append(float(np.mean([r["encode_seconds"] for r in rows])))
         res["decoding_time"].append(float(np.mean([r["decode_seconds"] for r in rows])))
     for entry in out.values():
@@ -397,7 +409,7 @@ def curves(table: pa.Table, binaries: dict[str, BinariesConfig | None] | None = 
 
 
 def run_anchors_stage(cfg: AnchorsConfig, dataset: str, out_dir: str | Path,
-                      data_root: str | Path = "data") -> dict:
+                      data_root: str | Path = "data", metric_weights: str | None = None) -> dict:
     """What ``stages/anchors.py`` runs: every configured codec on one evaluation set."""
     from .data.datasets import evaluation_images
 
@@ -405,7 +417,7 @@ def run_anchors_stage(cfg: AnchorsConfig, dataset: str, out_dir: str | Path,
     images = evaluation_images(dataset, data_root, cfg.max_images)
     log.info("%s: %d codecs x their settings on %d images, %d workers",
              dataset, len(cfg.codecs), len(images), cfg.workers or os.cpu_count() or 1)
-    table = run_anchors(images, cfg, desc=f"anchors {dataset}")
+    table = run_anchors(images, cfg, desc=f"anchors {dataset}", weights=metric_weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "per_image.parquet") as tmp:
         pq.write_table(table, tmp)

@@ -119,12 +119,17 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .config import load_params
     from .evaluate import evaluate_checkpoint
+    from .metrics import METRICS
     from .models import load_checkpoint
 
+    # The metrics and weights the evaluate stage uses, from the params file.
+    params = load_params(args.params, metrics=METRICS)
     ckpt = load_checkpoint(args.model, device=args.device)
     images = [(Path(p).as_posix(), Path(p)) for p in args.images]
-    _, summary = evaluate_checkpoint(ckpt, images, args.out)
+    _, summary = evaluate_checkpoint(ckpt, images, args.out, metrics=params.evaluate.metrics,
+                                     weights=params.metric_weights)
     print(json.dumps({"model": ckpt.key, **summary}))
     return EXIT_OK
 
@@ -149,12 +154,13 @@ def cmd_params(args) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         from .anchors import CODECS
         from .data.sources import SOURCES
+        from .metrics import METRICS
         from .models import ARCHITECTURES
         from .report import published
 
     try:
         params = load_params(args.file, sources=SOURCES, architectures=ARCHITECTURES, codecs=CODECS,
-                             published=published.available)
+                             metrics=METRICS, published=published.available)
     except ParamsError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -231,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", required=True, type=Path, metavar="CKPT")
     p.add_argument("--out", required=True, type=Path, metavar="OUT")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--params", default="params.yaml", type=Path,
+                   help="the params file whose evaluate.metrics are measured (default: %(default)s)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("import-compressai", help="make a checkpoint from CompressAI weights",

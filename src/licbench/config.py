@@ -29,7 +29,8 @@ Names that code defines are checked against their registries when the caller
 passes them (keyword arguments of :func:`load_params`): ``sources`` (dataset
 names and their splits, ``licbench.data.sources.SOURCES``), ``architectures``
 (each one's config keys, ``licbench.models.ARCHITECTURES``), ``codecs``
-(``licbench.anchors.CODECS``) and ``published`` (the published curves of a set,
+(``licbench.anchors.CODECS``), ``metrics`` (``licbench.metrics.METRICS``) and
+``published`` (the published curves of a set,
 ``licbench.report.published.available``). Each stage passes those its code
 imports anyway, so that its DVC dependencies do not grow; ``licbench params
 check`` passes all of them.
@@ -98,6 +99,10 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
 Name = Annotated[str, at.MinLen(1)]
 Names = Annotated[list[Name], NON_EMPTY, NO_REPEATS]
+# Names of licbench.metrics.METRICS (checked when the caller passes ``metrics``);
+# psnr is always computed: the report's headline and every published curve use it.
+Metrics = Annotated[list[Name], NON_EMPTY, NO_REPEATS,
+                    Field(description="a list of metric names without repeats, psnr among them")]
 Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"),
                    Field(description="auto (CUDA when present), cpu, cuda or cuda:<index>")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$"),
@@ -176,11 +181,23 @@ class TrainConfig(Section):
         return self
 
 
+def _with_psnr(section: "Section") -> None:
+    if "psnr" not in section.metrics:
+        raise _refused([(("metrics",), "psnr is not listed",
+                         "a list of metric names with psnr among them (the report's headline)")])
+
+
 class EvaluateConfig(Section):
     KEY: ClassVar[str] = "evaluate"
     datasets: Names
     device: Device
     max_images: PositiveInt | None  # null: every image of the set's evaluation split
+    metrics: Metrics  # per image, licbench.metrics.METRICS
+
+    @model_validator(mode="after")
+    def _psnr(self) -> "EvaluateConfig":
+        _with_psnr(self)
+        return self
 
 
 class BinariesConfig(Section):
@@ -200,6 +217,12 @@ class AnchorsConfig(Section):
     binaries: dict[Name, BinariesConfig]
     workers: PositiveInt | None  # null: one per CPU core
     max_images: PositiveInt | None  # null: every image of the set's evaluation split
+    metrics: Metrics  # per image, licbench.metrics.METRICS
+
+    @model_validator(mode="after")
+    def _psnr(self) -> "AnchorsConfig":
+        _with_psnr(self)
+        return self
 
 
 class ReportConfig(Section):
@@ -272,6 +295,9 @@ class Params(Section):
     masks: MasksConfig
     mlflow: MlflowConfig
     prefect: PrefectConfig
+    # A folder with the network weights of the learned metrics (LPIPS, DISTS),
+    # laid out as licbench.metrics.WEIGHT_FILES says; null: none (nothing is downloaded).
+    metric_weights: str | None
 
     def architecture(self, arch: str, lmbda: float) -> dict[str, int]:
         """``architectures.<arch>`` with its ``by_lambda`` override for this lambda
@@ -325,6 +351,18 @@ class Params(Section):
                     if name not in known["codecs"]:
                         problems.append((("anchors", field, name), "unknown codec",
                                          _one_of(sorted(known["codecs"]))))
+        if known.get("metrics") is not None:
+            registry = known["metrics"]
+            for section in ("evaluate", "anchors"):
+                for i, name in enumerate(getattr(self, section).metrics):
+                    if name not in registry:
+                        problems.append(((section, "metrics", i), f"{name!r} is not a known metric",
+                                         _one_of(registry)))
+                    elif registry[name].needs_weights and self.metric_weights is None:
+                        problems.append(((section, "metrics", i), f"{name} needs network weights, "
+                                         "and metric_weights is null",
+                                         "a folder with its weight files in metric_weights "
+                                         "(nothing is downloaded), or leave it out"))
         if known.get("published") is not None:
             # Each set's report draws the listed curves published for it: a curve
             # must be published for at least one evaluation set.
@@ -461,7 +499,7 @@ def load_section(path: str | os.PathLike, name: str, overrides: Mapping | None =
 
 
 def validate_params(data: Any, source: str = "params.yaml", **registries) -> Params:
-    unknown = set(registries) - {"sources", "architectures", "codecs", "published"}
+    unknown = set(registries) - {"sources", "architectures", "codecs", "published", "metrics"}
     if unknown:
         raise TypeError(f"unknown registries {sorted(unknown)}")
     try:
