@@ -211,8 +211,11 @@ def test_dag_flow_leaves_what_dvc_repro_leaves(harness, stage_env, tmp_path):
             assert s.read_bytes() == (plain / f"data/eval/kodak/{key}/bitstreams" / s.name).read_bytes()
     curves = [json.loads((r / "data/anchors/kodak/curves.json").read_text()) for r in (repo, plain)]
     assert without_timings(curves[0]) == without_timings(curves[1])
-    assert (json.loads((repo / "data/report/kodak/bd_table.json").read_text())
-            == json.loads((plain / "data/report/kodak/bd_table.json").read_text()))
+    tables = [json.loads((r / "data/report/kodak/bd_table.json").read_text()) for r in (repo, plain)]
+    for t in tables:  # the complexity rows hold each run's seconds per image
+        t["complexity"] = [{k: v for k, v in row.items() if not k.endswith("_seconds")}
+                           for row in t["complexity"]]
+    assert tables[0] == tables[1]
 
 
 def test_lambda_fanout_runs_at_once_on_dask_then_nightly_evaluation(harness, stage_env, tmp_path, monkeypatch):
