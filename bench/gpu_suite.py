@@ -938,6 +938,7 @@ def ddp_worker(workdir: Path) -> None:
     """Run by torchrun: join a process group as licbench would, run the train stage."""
     import torch.distributed as dist
 
+    from licbench.tracking import Target
     from licbench.train import run_train_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -956,7 +957,7 @@ def ddp_worker(workdir: Path) -> None:
             info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
         summary = run_train_stage(train_config(**job["train"]), job["arch"], job["arch_config"], job["lmbda"],
                                   workdir / "checkpoint.pt", workdir / "train.json", job["data_root"],
-                                  workdir / "state.pt", experiment="gpu-suite")
+                                  workdir / "state.pt", mlflow_to=Target("gpu-suite", "gpu-suite"))
         info["summary"] = summary
     except Exception as exc:
         info["error"] = first_line(exc)

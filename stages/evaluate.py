@@ -6,6 +6,7 @@ import argparse
 from licbench.config import load_params
 from licbench.data.sources import SOURCES
 from licbench.entry import run_main
+from licbench.tracking import target
 from licbench.evaluate import run_evaluate_stage
 from licbench.metrics import METRICS
 
@@ -21,7 +22,7 @@ def main():
     args = parser.parse_args()
     params = load_params(args.params, sources=SOURCES, metrics=METRICS)
     run_evaluate_stage(params.evaluate, args.checkpoint, args.dataset, args.out, args.summary,
-                       args.data_root, experiment=params.mlflow.experiment,
+                       args.data_root, mlflow_to=target(params),
                        metric_weights=params.metric_weights)
 
 

@@ -6,6 +6,7 @@ import argparse
 from licbench.config import load_params, resolve_mirror
 from licbench.data.sources import SOURCES
 from licbench.entry import run_main
+from licbench.tracking import target
 from licbench.masks.stage import run_masks_stage
 
 
@@ -19,7 +20,7 @@ def main():
     args = parser.parse_args()
     params = load_params(args.params, sources=SOURCES)
     run_masks_stage(params.masks, args.dataset, args.out, args.summary, args.data_root,
-                    mirror=resolve_mirror(params.datasets), experiment=params.mlflow.experiment)
+                    mirror=resolve_mirror(params.datasets), mlflow_to=target(params))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import argparse
 
 from licbench.config import load_params
 from licbench.entry import run_main
+from licbench.tracking import target
 from licbench.report import published
 from licbench.report.rd import run_report_stage
 
@@ -18,7 +19,7 @@ def main():
     args = parser.parse_args()
     params = load_params(args.params, published=published.available)
     run_report_stage(params.report, args.dataset, args.out, args.data_root, archs=params.archs,
-                     lambdas=params.lambdas, experiment=params.mlflow.experiment)
+                     lambdas=params.lambdas, mlflow_to=target(params))
 
 
 if __name__ == "__main__":

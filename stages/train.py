@@ -6,6 +6,7 @@ import argparse
 from licbench.config import load_params
 from licbench.data.sources import SOURCES
 from licbench.entry import run_main
+from licbench.tracking import target
 from licbench.models import ARCHITECTURES
 from licbench.train import run_train_stage
 
@@ -24,7 +25,7 @@ def main():
     params = load_params(args.params, sources=SOURCES, architectures=ARCHITECTURES)
     run_train_stage(params.train, args.arch, params.architecture(args.arch, args.lmbda), args.lmbda,
                     args.checkpoint, args.summary, args.data_root, args.state,
-                    experiment=params.mlflow.experiment)
+                    mlflow_to=target(params))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ CANNOT_CHANGE_AN_OUTPUT = {
                                     "never a setting or a weight",
     "licbench/fileio.py": "atomic writes and sha256 of bytes made elsewhere",
     "licbench/progress.py": "progress bars and log lines on stderr",
+    "licbench/device.py": "the device's name in words, for the records (a summary's device "
+                          "field, MLflow tags); no number depends on it",
     "licbench/data/download.py": "writes exactly the bytes a server or mirror serves, or fails; "
                                  "those of a pinned set are checked against data/sources.py's "
                                  "checksums (an unpinned set's are the server's, whatever the code)",

@@ -167,7 +167,8 @@ def test_dag_flow_leaves_what_dvc_repro_leaves(harness, stage_env, tmp_path):
         tagged = dict(con.execute(
             "SELECT r.name, t.value FROM runs r LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
             "AND t.key = 'prefect.flow_run_id'").fetchall())
-    assert sorted(tagged) == ["masks-kodak", "mbt2018-mean-0.01", "mbt2018-mean-0.05",
+    assert sorted(tagged) == ["masks-kodak", "mbt2018-mean-0.01", "mbt2018-mean-0.01@kodak",
+                              "mbt2018-mean-0.05", "mbt2018-mean-0.05@kodak",
                               "report-kodak", "report-kodak-mbt2018-mean"]
     assert set(tagged.values()) == {flow_run_id}
 

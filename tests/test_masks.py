@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from licbench.tracking import Target
 from licbench.config import MasksConfig, load_section, with_overrides
 from licbench.data.datasets import MANIFEST_SCHEMA, write_manifest
 from licbench.errors import CheckpointError, ChecksumError, ConfigError, DownloadError, MaskError
@@ -113,7 +114,7 @@ def toy_root(tmp_path_factory, mirror):
 
 
 def run_stage(cfg: MasksConfig, out, summary, root, mirror=None, **kwargs) -> dict:
-    return run_masks_stage(cfg, "toy", out, summary, root, mirror=mirror, experiment="test-masks", **kwargs)
+    return run_masks_stage(cfg, "toy", out, summary, root, mirror=mirror, mlflow_to=Target("test-masks", "tests"), **kwargs)
 
 
 # --- RLE and partitions ----------------------------------------------------

@@ -153,20 +153,23 @@ def test_train_and_evaluate_log_to_a_shared_mlflow_server_on_postgres(mlflow_tea
     experiment = client.get_experiment_by_name("licbench")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert {KEY, "masks-kodak"} <= set(runs), sorted(runs)
+    assert {KEY, f"{KEY}@kodak", "masks-kodak"} <= set(runs), sorted(runs)
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     model = runs[KEY]
     assert model.data.tags["licbench.model_key"] == KEY
     assert model.data.tags["licbench.stage"] == "train"
     assert model.data.tags["licbench.weights_sha256"] == trained["weights_sha256"]
     assert model.data.params["lambda"] == "0.01" and model.data.params["N"] == "16"
-    assert model.data.params["git_commit"] == commit
+    assert model.data.tags["mlflow.source.git.commit"] == commit
+    assert model.data.tags["licbench.version.mlflow"] == mlflow.__version__
     assert len(client.get_metric_history(model.info.run_id, "train/loss")) == TINY["train"]["steps"]
-    # The evaluation is logged to the run of the weights it evaluated.
-    [evaluation] = [r for r in runs.values() if "kodak/psnr" in r.data.metrics]
+    # The evaluation is a run of its own, linked to the training run of its weights.
+    evaluation = runs[f"{KEY}@kodak"]
     assert evaluation.data.tags["licbench.weights_sha256"] == trained["weights_sha256"]
-    assert evaluation.data.metrics["kodak/psnr"] == pytest.approx(evaluated["psnr"])
-    assert evaluation.data.metrics["kodak/bpp"] == pytest.approx(evaluated["bpp"])
+    assert evaluation.data.tags["licbench.train_run_id"] == model.info.run_id
+    assert evaluation.data.tags["licbench.manifest_sha256"] == evaluated["manifest_sha256"]
+    assert evaluation.data.metrics["psnr"] == pytest.approx(evaluated["psnr"])
+    assert evaluation.data.metrics["bpp"] == pytest.approx(evaluated["bpp"])
 
     # The artifacts went through the server into its artifact root, byte for byte.
     [logged] = client.list_artifacts(evaluation.info.run_id, "eval/kodak")
@@ -182,6 +185,6 @@ def test_train_and_evaluate_log_to_a_shared_mlflow_server_on_postgres(mlflow_tea
                     "ON t.run_uuid = r.run_uuid AND t.key = 'licbench.weights_sha256'")
         rows = {name: (status, weights) for name, status, weights in cur.fetchall()}
     con.close()
-    assert rows[KEY] == ("FINISHED", trained["weights_sha256"])
+    assert rows[KEY] == rows[f"{KEY}@kodak"] == ("FINISHED", trained["weights_sha256"])
     assert rows["masks-kodak"] == ("FINISHED", None)
     server.check_alive()

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+from licbench.tracking import Target
 from licbench import cli
 from licbench.config import load_params, load_section
 from licbench.data import sources
@@ -327,7 +328,7 @@ def test_coco_keeps_images_and_panoptic_annotations_with_the_authors_layout(coco
 
 def test_panoptic_masks_are_the_png_segments_one_region_each(coco_root, tmp_path):
     summary = run_masks_stage(masks_cfg(), "coco2017", tmp_path / "masks", tmp_path / "masks.json", coco_root,
-                              mirror=None, experiment="test")
+                              mirror=None, mlflow_to=Target("test", "tests"))
     assert summary["images"] == 3 and summary["covered_fraction"] == 1.0
     table = load_masks(tmp_path / "masks", coco_root / "manifests/coco2017.parquet")
     assert table.metadata["generator"] == "coco-panoptic"
@@ -353,7 +354,7 @@ def test_a_panoptic_png_that_disagrees_with_its_json_is_named(coco_root, tmp_pat
     png_path.write_bytes(segments_png(ids))
     with pytest.raises(MaskError, match=r"000000000025\.png: segment id\(s\) \[4242\] are in no segments_info"):
         run_masks_stage(masks_cfg(), "coco2017", tmp_path / "masks", tmp_path / "m.json", coco_root,
-                        mirror=None, experiment="test")
+                        mirror=None, mlflow_to=Target("test", "tests"))
 
 
 def test_coco_panoptic_on_a_set_without_panoptic_annotations_is_refused():
@@ -469,16 +470,16 @@ def test_train_on_a_union_then_evaluate_and_report_on_a_new_set(union_root, file
     for lmbda in params.lambdas:
         model = tmp_path / f"models/mbt2018-mean-{lmbda}"
         summary = run_train_stage(params.train, "mbt2018-mean", params.architecture("mbt2018-mean", lmbda), lmbda,
-                                  model / "checkpoint.pt", model / "train.json", union_root, experiment="test")
+                                  model / "checkpoint.pt", model / "train.json", union_root, mlflow_to=Target("test", "tests"))
         assert summary["steps"] == 2
         run_evaluate_stage(params.evaluate, model / "checkpoint.pt", "tecnick",
                            union_root / f"eval/tecnick/mbt2018-mean-{lmbda}",
-                           union_root / f"metrics/tecnick/mbt2018-mean-{lmbda}.json", union_root, experiment="test")
+                           union_root / f"metrics/tecnick/mbt2018-mean-{lmbda}.json", union_root, mlflow_to=Target("test", "tests"))
     evaluated = json.loads((union_root / "metrics/tecnick/mbt2018-mean-0.01.json").read_text())
     assert evaluated["dataset"] == "tecnick" and evaluated["images"] == 2  # the set's evaluation split
     run_anchors_stage(params.anchors, "tecnick", union_root / "anchors/tecnick", union_root)
     report = run_report_stage(params.report, "tecnick", tmp_path / "report", union_root, archs=params.archs,
-                              lambdas=params.lambdas, experiment="test")
+                              lambdas=params.lambdas, mlflow_to=Target("test", "tests"))
     kinds = {c.id: c.kind for c in report.curves}
     # HPCM's Tecnick points are drawn; Kodak's VTM curve is not (none is published for Tecnick).
     assert kinds == {"mbt2018-mean": "trained", "jpeg": "anchor", "published_hpcm_large": "published"}

@@ -87,17 +87,29 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     page = (repo_copy / "plots_out" / "index.html").read_text()
     assert "rd_psnr.png" in page and "mbt2018-mean [trained here]" in page
 
-    # MLflow: one run per (architecture, lambda), with training curves and evaluation.
+    # MLflow: one run per training, per evaluation, per report (and per
+    # architecture it compares) and per mask table, each with its provenance.
     with sqlite3.connect(repo_copy / "mlruns.db") as db:
         runs = dict(db.execute("SELECT name, run_uuid FROM runs").fetchall())
-        assert sorted(runs) == ["masks-kodak", "mbt2018-mean-0.01", "mbt2018-mean-0.05",
+        assert sorted(runs) == ["masks-kodak", "mbt2018-mean-0.01", "mbt2018-mean-0.01@kodak",
+                                "mbt2018-mean-0.05", "mbt2018-mean-0.05@kodak",
                                 "report-kodak", "report-kodak-mbt2018-mean"]
-        keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics")}
-        assert {"train/loss", "train/bpp", "train/mse", "kodak/bpp", "kodak/psnr"} <= keys
+        def keys(name):
+            return {k for (k,) in db.execute("SELECT DISTINCT key FROM metrics WHERE run_uuid = ?",
+                                             (runs[name],))}
+        assert {"train/loss", "train/bpp", "train/mse"} <= keys("mbt2018-mean-0.05")
+        assert {"bpp", "bpp_stream", "psnr", "ms_ssim", "decode_seconds"} <= keys("mbt2018-mean-0.05@kodak")
         params = dict(db.execute("SELECT key, value FROM params WHERE run_uuid = ?",
                                  (runs["mbt2018-mean-0.05"],)).fetchall())
         assert params["lambda"] == "0.05" and params["N"] == "16"
-        assert len(params["git_commit"]) >= 40 and len(params["manifest_sha256"]) == 64
+        for name, run_id in runs.items():
+            tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)).fetchall())
+            assert len(tags["mlflow.source.git.commit"]) == 40, name
+            assert len(tags["licbench.params_sha256"]) == 64 and tags["licbench.version.torch"], name
+        tags = dict(db.execute("SELECT key, value FROM tags WHERE run_uuid = ?",
+                               (runs["mbt2018-mean-0.05@kodak"],)).fetchall())
+        assert tags["licbench.train_run_id"] == runs["mbt2018-mean-0.05"]
+        assert len(tags["licbench.manifest_sha256"]) == 64
 
     # 2. A second repro runs nothing.
     mtime = ckpt.stat().st_mtime_ns

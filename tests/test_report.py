@@ -15,7 +15,7 @@ from licbench.errors import LicbenchError, ParamsError
 from licbench.report import published
 from licbench.report.bdrate import METHODS, bd_quality, bd_rate
 from licbench.report.rd import build_report, log_report
-from licbench.tracking import TAG_WEIGHTS, use_experiment
+from licbench.tracking import TAG_STAGE, TAG_WEIGHTS, Target, use_experiment
 
 from conftest import REPO
 
@@ -38,9 +38,13 @@ def write_summaries(root, arch, bpp, rate_scale=1.0, shift=0.0, lambdas=LAMBDAS)
     psnr, msssim = quality(bpp, shift)
     for i, lm in enumerate(lambdas):
         summary = {"arch": arch, "lambda": lm, "bpp": rate_scale * bpp[i], "psnr": psnr[i],
-                   "ms_ssim": msssim[i], "bpp_estimated": bpp[i] * 0.98, "encode_seconds": 0.1,
+                   "ms_ssim": msssim[i], "bpp_estimated": bpp[i] * 0.98,
+                   "bpp_stream": rate_scale * bpp[i] * 0.99, "encode_seconds": 0.1,
                    "decode_seconds": 0.2, "weights_sha256": f"{arch}-{i}".ljust(64, "0"),
-                   "model": f"{arch}-{lm}", "dataset": "kodak", "images": 24}
+                   "model": f"{arch}-{lm}", "dataset": "kodak", "images": 24,
+                   "manifest_sha256": "m" * 64, "device": "cpu: test, 1 threads",
+                   "complexity": {"params_total": 1000, "kmac_per_pixel": 10.0 * (i + 1)},
+                   "metrics": {"psnr": "licbench", "ms_ssim": "pytorch-msssim"}}
         (folder / f"{arch}-{lm}.json").write_text(json.dumps(summary))
 
 
@@ -210,11 +214,11 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     experiment_id = use_experiment("test")
     # Only the third lambda's model has a run: the link must name that lambda.
     with mlflow.start_run(run_name="toy-0.0067") as model_run:
-        mlflow.set_tag(TAG_WEIGHTS, "toy-2".ljust(64, "0"))
+        mlflow.set_tags({TAG_WEIGHTS: "toy-2".ljust(64, "0"), TAG_STAGE: "train"})
     report = report_of(data_root, tmp_path / "out")
-    parent_id = log_report(report, REPORT, "test")
+    parent_id = log_report(report, REPORT, Target("test", "tests"))
     client = mlflow.MlflowClient()
-    children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    children = client.search_runs([experiment_id], f"tags.`licbench.report_run_id` = '{parent_id}'")
     assert len(children) == 1
     child = children[0]
     assert child.data.metrics["bd_rate_vs_jpeg"] == pytest.approx(-20.0, abs=1e-6)
@@ -223,6 +227,13 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     assert f"lambda {LAMBDAS[2]}: [run {model_run.info.run_id}]" in child.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"bd_rate.md", "bd_rate.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
+    # Keyed by its inputs: the same report again updates its runs; other inputs add a report.
+    assert log_report(report, REPORT, Target("test", "tests")) == parent_id
+    assert len(client.search_runs([experiment_id], "tags.`licbench.stage` = 'report'")) == 2
+    write_summaries(data_root, "toy", BPP, rate_scale=0.7)
+    other = log_report(report_of(data_root, tmp_path / "out2"), REPORT, Target("test", "tests"))
+    assert other != parent_id
+    assert len(client.search_runs([experiment_id], "tags.`licbench.stage` = 'report'")) == 4
 
 
 def test_the_stage_prints_a_short_summary_with_the_path_of_the_table(data_root, tmp_path, monkeypatch,
@@ -234,7 +245,7 @@ def test_the_stage_prints_a_short_summary_with_the_path_of_the_table(data_root, 
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="licbench.report.rd")
     report = run_report_stage(REPORT, "kodak", tmp_path / "out", data_root, archs=["toy"],
-                              lambdas=LAMBDAS, experiment="test")
+                              lambdas=LAMBDAS, mlflow_to=Target("test", "tests"))
     assert capsys.readouterr().out == ""  # not the whole table
     lines = [r.getMessage() for r in caplog.records if r.name == "licbench.report.rd"]
     summary = lines[:3]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from licbench.tracking import Target
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.crops import PartitionedCrops
@@ -305,7 +306,7 @@ def test_missing_masks_are_named(mirror, tmp_path):
     with pytest.raises(MaskError, match=r"^kodak has no mask table of split 'test': add kodak: \[test\] "
                                         r"to masks.sets and run the masks stage$"):
         run_train_stage(params.train, "segpic", TINY, 0.01, tmp_path / "c.pt", tmp_path / "t.json", root,
-                        experiment="test")
+                        mlflow_to=Target("test", "tests"))
     assert not (tmp_path / "c.pt").exists()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from licbench.tracking import target
 from licbench.data.images import load_rgb8
 from licbench.evaluate import run_evaluate_stage
 from licbench.coding.codec import decompress_image
@@ -35,7 +36,7 @@ PARAMS = load_params(REPO / "params.yaml", TINY)
 
 def train_stage(params, ckpt_path, summary_path, data_root, arch="mbt2018-mean", lmbda=0.01):
     return run_train_stage(params.train, arch, params.architecture(arch, lmbda), lmbda, ckpt_path,
-                           summary_path, data_root, experiment=params.mlflow.experiment)
+                           summary_path, data_root, mlflow_to=target(params))
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
     ckpt = load_checkpoint(ckpt_path)
     out = tmp_path / "eval"
     summary = run_evaluate_stage(PARAMS.evaluate, ckpt_path, "kodak", out, tmp_path / "metrics.json",
-                                 data_root, experiment="test")
+                                 data_root, mlflow_to=target(PARAMS))
     rows = pq.read_table(out / "per_image.parquet").to_pylist()
     assert [r["image"] for r in rows] == ["kodak/kodim01.png", "kodak/kodim02.png"]
     for r in rows:
@@ -115,14 +116,17 @@ def test_evaluate_stage_measures_real_files(trained, data_root, tmp_path):
     assert summary["metrics"]["ms_ssim"].startswith("pytorch-msssim ")
     assert summary["bpp"] == pytest.approx(np.mean([r["bpp"] for r in rows]))
     assert json.loads((tmp_path / "metrics.json").read_text())["psnr"] == pytest.approx(summary["psnr"])
-    # Logged to the training run of the same weights, not to a new one.
-    runs = mlflow.search_runs(experiment_names=["test"], output_format="list")
-    assert len(runs) == 1
-    assert runs[0].data.metrics["kodak/bpp"] == pytest.approx(summary["bpp"])
-    assert runs[0].data.metrics["kodak/bpp_stream"] == pytest.approx(summary["bpp_stream"])
-    assert runs[0].data.metrics["complexity/kmac_per_pixel_decoder"] == pytest.approx(cx["kmac_per_pixel_decoder"])
-    assert runs[0].data.tags["licbench.kodak.device"] == summary["device"]
-    artifacts = mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "eval/kodak")
+    # A run of its own, linked to the training run of the same weights.
+    runs = {r.data.tags["licbench.stage"]: r for r in mlflow.search_runs(experiment_names=["test"],
+                                                                        output_format="list")}
+    assert sorted(runs) == ["evaluate", "train"]
+    evaluation = runs["evaluate"]
+    assert evaluation.data.tags["licbench.train_run_id"] == runs["train"].info.run_id
+    assert evaluation.data.metrics["bpp"] == pytest.approx(summary["bpp"])
+    assert evaluation.data.metrics["bpp_stream"] == pytest.approx(summary["bpp_stream"])
+    assert evaluation.data.metrics["complexity/kmac_per_pixel_decoder"] == pytest.approx(cx["kmac_per_pixel_decoder"])
+    assert evaluation.data.tags["licbench.device"] == summary["device"]
+    artifacts = mlflow.MlflowClient().list_artifacts(evaluation.info.run_id, "eval/kodak")
     assert [a.path for a in artifacts] == ["eval/kodak/per_image.parquet"]
 
 

@@ -16,6 +16,7 @@ import torch
 
 import licbench.train as train
 import licbench.train.loop as loop
+from licbench.tracking import target
 from licbench.config import load_params, train_config
 from licbench.data.crops import RandomCrops
 
@@ -54,7 +55,7 @@ def stage(overrides: dict, checkpoint, summary, data_root, state=None) -> dict:
     params = load_params(REPO / "params.yaml", overrides)
     return train.run_train_stage(params.train, "mbt2018-mean", params.architecture("mbt2018-mean", 0.01),
                                  0.01, checkpoint, summary, data_root, state,
-                                 experiment=params.mlflow.experiment)
+                                 mlflow_to=target(params))
 
 
 def ddp(out: Path, data_root: str, params: dict) -> None:

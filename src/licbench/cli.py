@@ -1,5 +1,5 @@
 """The ``licbench`` command: compress, decompress and inspect files, evaluate
-models, check params files, pin a dataset's checksums.
+models, check params files, pin a dataset's checksums, print links into the MLflow UI.
 
 Exit codes: 0 success; 1 bad input (an image or bitstream that cannot be used),
 or an output that cannot be written (a full disk); 2 bad usage (a params file
@@ -191,6 +191,22 @@ def cmd_datasets(args) -> int:
     return EXIT_OK
 
 
+def cmd_mlflow_links(args) -> int:
+    """Print the links into ``mlflow ui``: the saved run lists and the compare
+    view of each architecture's lambdas on each set."""
+    from .config import load_section
+    from .tracking import ui_links
+
+    try:
+        experiment = load_section(args.params, "mlflow").experiment
+    except ParamsError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    for label, url in ui_links(experiment, args.ui.rstrip("/")):
+        print(f"{label}:\n  {url}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="licbench",
@@ -282,6 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, help="where archives are downloaded "
                    "(default: LICBENCH_CACHE, else ~/.cache/licbench)")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("mlflow-links", help="print links into the MLflow UI",
+                       description="print the links into `mlflow ui` for the experiment of "
+                                   "params.yaml's mlflow.experiment in the store of "
+                                   "MLFLOW_TRACKING_URI (default sqlite:///mlruns.db): the run "
+                                   "lists of evaluations (lambda, bpp, PSNR, MS-SSIM as columns), "
+                                   "trainings and reports, and the compare view of each "
+                                   "architecture's lambdas on each evaluation set.")
+    p.add_argument("--params", default="params.yaml", help="default: params.yaml")
+    p.add_argument("--ui", default="http://127.0.0.1:5000", help="where `mlflow ui` serves "
+                   "(default: http://127.0.0.1:5000)")
+    p.set_defaults(func=cmd_mlflow_links)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""What a model costs: parameters, multiply-accumulates per pixel, the device.
+"""What a model costs: parameters and multiply-accumulates per pixel.
 
 Operations are counted by PyTorch's own counter (``torch.utils.flop_counter``),
 which counts the FLOPs of matrix products, convolutions (transposed too) and
@@ -12,10 +12,7 @@ at a time, the float64 copies that pick the CDFs.
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -51,22 +48,3 @@ def count_macs(run: Callable[[], object]) -> tuple[int, object]:
     with FlopCounterMode(display=False) as counter:
         result = run()
     return counter.get_total_flops() // 2, result
-
-
-def device_name(device: torch.device | str) -> str:
-    """The device in words: ``cpu: <processor>, <n> threads`` or ``cuda:0: <GPU>``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index}: {torch.cuda.get_device_name(index)}"
-    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or f"{os.cpu_count()} cores"

@@ -23,9 +23,10 @@ import torch
 
 from .coding.codec import compress_image, decompress_image, pad_to_multiple, to_tensor
 from .coding.container import read_bitstream, write_bitstream
-from .complexity import count_macs, device_name, parameter_counts
+from .complexity import count_macs, parameter_counts
+from .device import device_name
 from .config import EvaluateConfig, resolve_device
-from .data.datasets import evaluation_images
+from .data.datasets import evaluation_images, manifest_digest, read_manifest
 from .data.images import load_rgb8
 from .fileio import atomic_path, write_json_atomic
 from .metrics import METRICS, bpp_from_bytes, bpp_from_likelihoods, check_weights, columns, measure
@@ -134,31 +135,43 @@ def evaluate_checkpoint(
     return table, summarize(rows, metrics)
 
 
-def log_evaluation(experiment: str, summary: dict, config: dict, per_image: Path) -> str:
-    """Log one model's evaluation on one set into the model's MLflow run (found by
-    its weights' hash; a new run if training logged none). Returns the run id."""
+def log_evaluation(to, summary: dict, cfg: EvaluateConfig, per_image: Path) -> str:
+    """Log one model's evaluation on one set as an MLflow run of its own (``to``:
+    a :class:`licbench.tracking.Target`), keyed by the weights, the set (its
+    manifest) and the evaluation settings: rerunning the same evaluation updates
+    its run, another setting adds one. Linked to the training run that logged
+    these weights, when there is one. Returns the run id."""
     import mlflow
 
     from . import tracking
 
-    experiment_id = tracking.use_experiment(experiment)
-    run_id = tracking.find_model_run(experiment_id, summary["weights_sha256"])
-    if run_id is None:
-        log.warning("no MLflow run logged these weights; starting one for the evaluation")
-    dataset = summary["dataset"]
-    with tracking.start_run(run_id=run_id, experiment_id=experiment_id, run_name=summary["model"]) as run:
-        if run_id is None:
-            mlflow.set_tags({tracking.TAG_MODEL_KEY: summary["model"],
-                             tracking.TAG_WEIGHTS: summary["weights_sha256"]})
-            mlflow.log_params({"arch": summary["arch"], **config, "lambda": summary["lambda"]})
-        mlflow.log_metrics({f"{dataset}/{k}": v for k, v in summary.items()
-                            if isinstance(v, float) and k != "lambda"})
+    settings = {"max_images": cfg.max_images, "metrics": list(cfg.metrics), "device": cfg.device,
+                "metric_weights": summary.get("metric_weights_sha256")}
+    key = tracking.run_key(weights=summary["weights_sha256"], dataset=summary["dataset"],
+                           manifest=summary["manifest_sha256"], settings=settings)
+    experiment_id = tracking.use_experiment(to.experiment)
+    train_run = tracking.find_model_run(experiment_id, summary["weights_sha256"])
+    tags = {tracking.TAG_MODEL_KEY: summary["model"], tracking.TAG_WEIGHTS: summary["weights_sha256"],
+            "licbench.dataset": summary["dataset"]}
+    if train_run is None:
+        log.warning("no MLflow training run logged these weights; the evaluation run links to none")
+    else:
+        tags[tracking.TAG_TRAIN_RUN] = train_run
+        tags["mlflow.note.content"] = (f"{summary['model']} on {summary['dataset']}: "
+                                       f"[training run](#/experiments/{experiment_id}/runs/{train_run})")
+    with tracking.stage_run(to, stage="evaluate", item=f"{summary['model']}@{summary['dataset']}", key=key,
+                            device=summary["device"], manifest_sha256=summary["manifest_sha256"],
+                            tags=tags) as (run, _):
+        mlflow.log_params({"arch": summary["arch"], "lambda": summary["lambda"],
+                           "dataset": summary["dataset"],
+                           **{f"evaluate.{k}": v for k, v in settings.items() if k != "metric_weights"}})
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "lambda"})
         # The model's cost: its parameters and operations do not depend on the
         # set (kMAC/pixel barely: padding); the times are this set's, on this device.
         mlflow.log_metrics({f"complexity/{k}": float(v) for k, v in summary["complexity"].items()
                             if isinstance(v, (int, float))})
-        mlflow.set_tag(f"licbench.{dataset}.device", summary["device"])
-        mlflow.log_artifact(str(per_image), artifact_path=f"eval/{dataset}")
+        mlflow.log_artifact(str(per_image), artifact_path=f"eval/{summary['dataset']}")
         return run.info.run_id
 
 
@@ -170,11 +183,11 @@ def run_evaluate_stage(
     summary_path: str | Path,
     data_root: str | Path = "data",
     *,
-    experiment: str,
+    mlflow_to,
     metric_weights: str | None = None,
 ) -> dict:
     """What ``stages/evaluate.py`` runs: evaluate one model on one set, log to
-    the MLflow ``experiment``."""
+    MLflow (``mlflow_to``, a :class:`licbench.tracking.Target`)."""
     device = resolve_device(cfg)
     weight_hashes = check_weights(cfg.metrics, metric_weights)
     ckpt = load_checkpoint(checkpoint_path, device=device)
@@ -183,13 +196,14 @@ def run_evaluate_stage(
                                          weights=metric_weights)
     complexity = model_complexity(ckpt, load_rgb8(images[0][1]).array)
     summary = {"dataset": dataset, "model": ckpt.key, "arch": ckpt.arch, "lambda": ckpt.lmbda,
-               "weights_sha256": ckpt.weights_sha256, **summary,
+               "weights_sha256": ckpt.weights_sha256,
+               "manifest_sha256": manifest_digest(read_manifest(Path(data_root) / "manifests" / f"{dataset}.parquet")),
+               **summary,
                "device": device_name(device), "complexity": complexity,
                "metrics": {m: METRICS[m].version() for m in cfg.metrics},
                **({"metric_weights_sha256": weight_hashes} if weight_hashes else {})}
 
-    log_evaluation(experiment, summary, ckpt.config,
-                   Path(out_dir) / "per_image.parquet")
+    log_evaluation(mlflow_to, summary, cfg, Path(out_dir) / "per_image.parquet")
     write_json_atomic(summary_path, summary)
     log.info("%s on %s: %.4f bpp, %.2f dB PSNR", ckpt.key, dataset, summary["bpp"], summary["psnr"])
     return summary

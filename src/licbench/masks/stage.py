@@ -116,10 +116,10 @@ def select_images(manifest, splits: list[str], data_root: Path, max_images: int 
 
 
 def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary_path: str | Path,
-                    data_root: str | Path = "data", *, mirror: Path | None, experiment: str,
+                    data_root: str | Path = "data", *, mirror: Path | None, mlflow_to,
                     model=None, build=None) -> dict:
     """What ``stages/masks.py`` runs: masks for one set's configured splits,
-    logged to the MLflow ``experiment``, and the table's index
+    logged to MLflow (``mlflow_to``, a :class:`licbench.tracking.Target`), and the table's index
     (``<data_root>/manifests/masks/<set>.json``). ``mirror``: where a SAM
     checkpoint may be copied from (:func:`licbench.config.resolve_mirror`).
 
@@ -160,7 +160,7 @@ def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary
     log.info("%s: %s masks for %d images of split(s) %s", dataset, segmenter.name, len(images),
              ", ".join(splits))
     table = generate_masks(images, segmenter, out_dir, metadata, workers)
-    write_index(data_root, dataset, out_dir)
+    index = write_index(data_root, dataset, out_dir)
 
     info = _image_rows(out_dir)
     regions = []
@@ -185,15 +185,15 @@ def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary
     }
     write_json_atomic(summary_path, summary)
 
-    experiment_id = tracking.use_experiment(experiment)
-    with tracking.start_run(experiment_id=experiment_id, run_name=f"masks-{dataset}"):
-        mlflow.set_tags({"licbench.stage": "masks", "licbench.dataset": dataset})
+    with tracking.stage_run(mlflow_to, stage="masks", item=f"masks-{dataset}",
+                            key=tracking.run_key(table=index["masks_sha256"], overlays=cfg.overlays),
+                            device=segmenter.settings.get("device"), manifest_sha256=metadata["manifest_sha256"],
+                            tags={"licbench.dataset": dataset}):
         mlflow.log_params({
             "dataset": dataset, "splits": ",".join(splits), "generator": segmenter.name,
             "requested_generator": metadata["requested_generator"],
             "fallback_reason": segmenter.fallback_reason[:500],
-            "settings_sha256": segmenter.digest, "manifest_sha256": metadata["manifest_sha256"],
-            "git_commit": tracking.git_commit(),
+            "settings_sha256": segmenter.digest,
             **{f"setting.{k}": v for k, v in segmenter.settings.items()},
         })
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "images"}

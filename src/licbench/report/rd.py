@@ -575,55 +575,73 @@ def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root
     return Report(dataset, curves, table, markdown, files)
 
 
-def log_report(report: Report, cfg: ReportConfig, experiment: str) -> str:
-    """One MLflow run per report: artifacts on the parent, a child run per trained
-    architecture with ``bd_rate_vs_<anchor>`` metrics, linked to the model runs."""
+def log_report(report: Report, cfg: ReportConfig, to) -> str:
+    """One MLflow run per report (``to``: a :class:`licbench.tracking.Target`),
+    keyed by its inputs (the curves and the report settings), with the files;
+    and a run per trained architecture with ``bd_rate_vs_<anchor>`` and
+    ``bd_psnr_vs_<anchor>`` metrics, linked to the report run and to the
+    training runs (linked, not nested: the run list shows them side by side).
+    Returns the report run's id."""
     import mlflow
 
-    from ..tracking import find_model_run, git_commit, start_run, use_experiment
+    from .. import tracking
 
     method = cfg.method
-    experiment_id = use_experiment(experiment)
+    experiment_id = tracking.use_experiment(to.experiment)
     anchors = [c for c in report.curves if c.kind != "trained"]
-    with start_run(run_name=f"report-{report.dataset}") as parent:
-        mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
-                         "licbench.git_commit": git_commit()})
-        mlflow.log_params({"bd_method": method, "anchors": ",".join(a.id for a in anchors)})
+    key = tracking.run_key(dataset=report.dataset, settings=cfg.model_dump(mode="json"), curves=[
+        {"id": c.id, "kind": c.kind, "bpp": c.bpp, "bpp_stream": c.bpp_stream, "quality": c.quality,
+         "weights": c.extra.get("weights_sha256")} for c in report.curves])
+    item = f"report-{report.dataset}"
+    with tracking.stage_run(to, stage="report", item=item, key=key,
+                            tags={"licbench.dataset": report.dataset}) as (parent, _):
+        mlflow.log_params({"dataset": report.dataset, "bd_method": method,
+                           "anchors": ",".join(a.id for a in anchors)})
         for path in report.files.values():
             mlflow.log_artifact(str(path), artifact_path="compressai" if path.parent.name == "compressai" else None)
-        for curve in (c for c in report.curves if c.kind == "trained"):
-            found = [(lm, find_model_run(experiment_id, h) if h else None)
-                     for lm, h in zip(curve.extra["lambda"], curve.extra["weights_sha256"])]
-            model_runs = [r for _, r in found if r]
-            links = "\n".join(f"- lambda {lm}: [run {r}](#/experiments/{experiment_id}/runs/{r})"
-                              for lm, r in found if r)
-            with start_run(run_name=f"report-{report.dataset}-{curve.id}", nested=True):
-                mlflow.set_tags({"licbench.stage": "report", "licbench.dataset": report.dataset,
-                                 "licbench.arch": curve.id,
-                                 "licbench.model_runs": ",".join(model_runs),
-                                 "mlflow.note.content": f"BD-rate of {curve.id} on {report.dataset}; "
-                                                        f"model runs:\n{links}"})
-                metrics = {}
-                for anchor_id, cells in report.table[curve.id].items():
-                    for column, cell in cells.items():
-                        if column == "jpeg_ai_average":
-                            v = cell[method][f"bd_rate_{method}"]
-                            prefix = "bd_rate_jpeg_ai_average_vs_"
-                        else:
-                            v = cell.get(f"bd_rate_{method}")
-                            # PSNR's and MS-SSIM's keep their first names.
-                            prefix = {"psnr": "bd_rate_vs_", "ms_ssim": "bd_rate_msssim_vs_"}.get(
-                                column, f"bd_rate_{column}_vs_")
-                        if v is not None:
-                            metrics[prefix + anchor_id] = v
-                    v = cells["psnr"].get(f"bd_psnr_{method}")
-                    if v is not None:
-                        metrics["bd_psnr_vs_" + anchor_id] = v
-                for lm, b, p in zip(curve.extra["lambda"], curve.bpp, curve.psnr):
-                    metrics[f"bpp_lambda_{lm}"] = b
-                    metrics[f"psnr_lambda_{lm}"] = p
-                mlflow.log_metrics(metrics)
-        return parent.info.run_id
+    report_run = parent.info.run_id
+    for curve in (c for c in report.curves if c.kind == "trained"):
+        found = [(lm, tracking.find_model_run(experiment_id, h) if h else None)
+                 for lm, h in zip(curve.extra["lambda"], curve.extra["weights_sha256"])]
+        model_runs = [r for _, r in found if r]
+        links = "\n".join(f"- lambda {lm}: [run {r}](#/experiments/{experiment_id}/runs/{r})"
+                          for lm, r in found if r)
+        note = (f"BD-rate of {curve.id} on {report.dataset} ([report run]"
+                f"(#/experiments/{experiment_id}/runs/{report_run}): its files); model runs:\n{links}")
+        with tracking.stage_run(to, stage="report", item=f"{item}-{curve.id}",
+                                key=tracking.run_key(report=key, arch=curve.id),
+                                tags={"licbench.dataset": report.dataset, "licbench.arch": curve.id,
+                                      tracking.TAG_REPORT_RUN: report_run,
+                                      "licbench.model_runs": ",".join(model_runs),
+                                      "mlflow.note.content": note}):
+            mlflow.log_params({"arch": curve.id, "dataset": report.dataset, "bd_method": method})
+            mlflow.log_metrics(report_metrics(report, curve, method))
+    return report_run
+
+
+def report_metrics(report: Report, curve: Curve, method: str) -> dict[str, float]:
+    """A trained curve's report metrics: BD-rate per metric and anchor, BD-PSNR
+    per anchor, each lambda's bpp and PSNR."""
+    metrics = {}
+    for anchor_id, cells in report.table[curve.id].items():
+        for column, cell in cells.items():
+            if column == "jpeg_ai_average":
+                v = cell[method][f"bd_rate_{method}"]
+                prefix = "bd_rate_jpeg_ai_average_vs_"
+            else:
+                v = cell.get(f"bd_rate_{method}")
+                # PSNR's and MS-SSIM's keep their first names.
+                prefix = {"psnr": "bd_rate_vs_", "ms_ssim": "bd_rate_msssim_vs_"}.get(
+                    column, f"bd_rate_{column}_vs_")
+            if v is not None:
+                metrics[prefix + anchor_id] = v
+        v = cells["psnr"].get(f"bd_psnr_{method}")
+        if v is not None:
+            metrics["bd_psnr_vs_" + anchor_id] = v
+    for lm, b, p in zip(curve.extra["lambda"], curve.bpp, curve.psnr):
+        metrics[f"bpp_lambda_{lm}"] = b
+        metrics[f"psnr_lambda_{lm}"] = p
+    return metrics
 
 
 def console_summary(report: Report, method: str) -> list[str]:
@@ -645,11 +663,12 @@ def console_summary(report: Report, method: str) -> list[str]:
 
 def run_report_stage(cfg: ReportConfig, dataset: str, out_dir: str | Path,
                      data_root: str | Path = "data", *, archs: list[str], lambdas: list[float],
-                     experiment: str) -> Report:
-    """What ``stages/report.py`` runs; the MLflow run goes to ``experiment``."""
+                     mlflow_to) -> Report:
+    """What ``stages/report.py`` runs; the MLflow run goes to ``mlflow_to`` (a
+    :class:`licbench.tracking.Target`)."""
     report = build_report(cfg, dataset, out_dir, data_root, archs=archs, lambdas=lambdas)
     for line in console_summary(report, cfg.method):
         log.info("%s", line)
-    run_id = log_report(report, cfg, experiment)
+    run_id = log_report(report, cfg, mlflow_to)
     log.info("MLflow report run %s", run_id)
     return report

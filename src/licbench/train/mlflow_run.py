@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+from ..device import device_name
+from ..config import resolve_device
 from ..data.datasets import manifest_digest
 from ..models import model_key
 from .state import load_train_state, training_digest
@@ -14,13 +16,15 @@ from .state import load_train_state, training_digest
 log = logging.getLogger(__package__)
 
 
-def train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, images, val_images,
+def train_with_mlflow(to, arch, arch_config, lmbda, cfg, manifest, images, val_images,
                       state_path, world, train, partitions=None, masks_info=None) -> dict:
+    """Run ``train`` inside the model's MLflow run (``to``: a
+    :class:`licbench.tracking.Target`): one run per training, continued by a
+    resumed one."""
     import mlflow
 
     from .. import tracking
 
-    experiment_id = tracking.use_experiment(experiment)
     key = model_key(arch, lmbda)
     saved = None
     if state_path is not None:
@@ -28,21 +32,22 @@ def train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, image
                                                              val_images, partitions))
     run_id = saved["mlflow_run_id"] if saved is not None else None
     if run_id is not None:
+        tracking.use_experiment(to.experiment)
         try:
             mlflow.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             log.warning("MLflow run %s of the saved state is not in this store: starting a new run", run_id)
             run_id = None
-    with tracking.start_run(run_id=run_id, experiment_id=experiment_id, run_name=key) as run:
-        if run_id is None:
-            mlflow.set_tags({tracking.TAG_MODEL_KEY: key, "licbench.stage": "train"})
+    digest = manifest_digest(manifest)
+    with tracking.stage_run(to, stage="train", item=key, resume_run_id=run_id,
+                            device=device_name(resolve_device(cfg)), manifest_sha256=digest,
+                            tags={tracking.TAG_MODEL_KEY: key}) as (run, resumed):
+        if not resumed:
             mlflow.log_params({
                 "arch": arch,
                 **arch_config,
                 "lambda": lmbda,
                 **{f"train.{k}": v for k, v in cfg.model_dump().items()},
-                "git_commit": tracking.git_commit(),
-                "manifest_sha256": manifest_digest(manifest),
                 "train_images": len(images),
                 "processes": world,
                 **(masks_info or {}),
@@ -52,7 +57,7 @@ def train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, image
         del saved
         summary = train(
             log_metrics=lambda m, step: mlflow.log_metrics(m, step=step),
-            meta={"mlflow_run_id": run.info.run_id, "manifest_sha256": manifest_digest(manifest)},
+            meta={"mlflow_run_id": run.info.run_id, "manifest_sha256": digest},
         )
         mlflow.set_tag(tracking.TAG_WEIGHTS, summary["weights_sha256"])
         mlflow.log_metrics({"train/seconds": summary["seconds"],

@@ -28,9 +28,10 @@ def run_train_stage(
     data_root: str | Path = "data",
     state_path: str | Path | None = None,
     *,
-    experiment: str,
+    mlflow_to,
 ) -> dict:
-    """What ``stages/train.py`` runs: train, log to MLflow (``experiment``), write outs.
+    """What ``stages/train.py`` runs: train, log to MLflow (``mlflow_to``, a
+    :class:`licbench.tracking.Target`), write outs.
 
     ``arch_config``: ``architectures.<arch>`` for this lambda
     (:meth:`licbench.config.Params.architecture`). Under ``torchrun`` every
@@ -55,7 +56,7 @@ def run_train_stage(
 
         if rank != 0:
             return train()
-        summary = train_with_mlflow(experiment, arch, arch_config, lmbda, cfg, manifest, images,
+        summary = train_with_mlflow(mlflow_to, arch, arch_config, lmbda, cfg, manifest, images,
                                     val_images, state_path, world, train, partitions, masks_info)
         write_json_atomic(summary_path, summary)
         return summary
