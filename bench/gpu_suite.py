@@ -119,7 +119,7 @@ QUICK_POINT = REPO / "data" / "metrics" / "kodak" / "mbt2018-mean-0.0067.json"
 
 # --- what the suite measures -------------------------------------------------
 
-LAMBDA = 0.0067  # CompressAI's zoo quality 3 (README "Paper-scale settings")
+LAMBDA = 0.0067  # CompressAI's zoo quality 3 (docs/training.md "Paper-scale settings")
 ZOO_QUALITY = 3
 THROUGHPUT_ARCHS = ("mbt2018-mean", "mbt2018", "wacnn", "segpic")
 DEFAULT_ARCH = "mbt2018-mean"

@@ -1,5 +1,5 @@
 """prefect.yaml on a real `prefect server` (127.0.0.1, its own PREFECT_HOME and
-SQLite database in the test's folder), as README's Prefect section has a user
+SQLite database in the test's folder), as docs/prefect.md has a user
 do it: the deployments register, the scheduler creates the nightly
 deployment's Scheduled flow runs, and a `prefect worker` picks up a deployment
 run of stage items on tiny params and completes it."""

@@ -1,7 +1,7 @@
 """Distortion and rate measures, computed the same way for every codec.
 
 :data:`METRICS` is the registry: one entry per metric, each computed by a
-well-kept library (named in the entry and in README.md), on 8-bit RGB images
+well-kept library (named in the entry and in docs/report.md), on 8-bit RGB images
 as the codecs decode them. ``evaluate.metrics`` and ``anchors.metrics`` in
 params.yaml select from it; each metric gives one or more per-image columns.
 

@@ -1,6 +1,6 @@
 """Reading images as 8-bit RGB, the one input format of every codec here.
 
-Policy (documented in README.md): an image that is not 8-bit RGB is converted,
+Policy (documented in docs/pipeline.md, "Input images"): an image that is not 8-bit RGB is converted,
 and the conversion is reported so that evaluation rows record it:
 
 - grayscale (and 1-bit) images are replicated to three channels;
