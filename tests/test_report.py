@@ -99,7 +99,7 @@ def test_known_answer_and_table(data_root, tmp_path):
     assert metrics["bd_rate"]["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
     assert metrics["bd_psnr"]["toy"]["jpeg"] == pytest.approx(-10 * math.log10(0.8), abs=1e-6)
     assert "far" not in metrics["bd_rate"]["toy"] and "far" not in metrics["bd_psnr"]["toy"]
-    assert metrics["bd_rate"]["toy"]["published_vtm"] == cell_vtm(report)
+    assert metrics["bd_rate"]["toy"]["pub_vtm"] == cell_vtm(report)
     assert sorted(metrics) == sorted([f"toy-{lm}" for lm in LAMBDAS] + ["bd_rate", "bd_psnr"])
     assert metrics[f"toy-{LAMBDAS[1]}"] == pytest.approx({
         "bpp": 0.8 * BPP[1], "bpp_est": 0.98 * BPP[1], "psnr": quality(BPP)[0][1],

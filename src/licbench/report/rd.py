@@ -525,8 +525,8 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
     (`dvc exp show` makes each column as wide as its name): per model, by its
     key ``<arch>-<lambda>``, the rate (bpp from file bytes; bpp_est, the entropy
     model's estimate), PSNR, MS-SSIM and the mean seconds per image to encode
-    and decode; per architecture and anchor, the BD-rate at equal PSNR (%) and
-    the BD-PSNR at equal rate (dB), ``method``'s fit. A value that does not
+    and decode; per architecture and anchor (:func:`short_anchor`), the BD-rate
+    at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A value that does not
     exist (no overlap, too few points, a metric not measured) is left out: DVC
     shows "-". The other metrics' BD values and the rest are in bd_table.json."""
     def numbers(d: dict) -> dict:
@@ -541,9 +541,16 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
                 "ms_ssim": c.ms_ssim[i], "enc_s": c.extra["encoding_time"][i],
                 "dec_s": c.extra["decoding_time"][i]})
     for name, column in (("bd_rate", f"bd_rate_{method}"), ("bd_psnr", f"bd_psnr_{method}")):
-        out[name] = {model: numbers({anchor: cells["psnr"].get(column) for anchor, cells in row.items()})
+        out[name] = {model: numbers({short_anchor(anchor): cells["psnr"].get(column)
+                                     for anchor, cells in row.items()})
                      for model, row in table.items()}
     return out
+
+
+def short_anchor(anchor_id: str) -> str:
+    """An anchor's name in metrics.json: its curve id, ``pub_`` for ``published_``
+    (``pub_vtm``: VTM's published curve; ``vtm``: VTM run here)."""
+    return "pub_" + anchor_id.removeprefix("published_") if anchor_id.startswith("published_") else anchor_id
 
 
 @dataclass
