@@ -526,9 +526,10 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
     key ``<arch>-<lambda>``, the rate (bpp from file bytes; bpp_est, the entropy
     model's estimate), PSNR, MS-SSIM and the mean seconds per image to encode
     and decode; per architecture and anchor (:func:`short_anchor`), the BD-rate
-    at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A value that does not
-    exist (no overlap, too few points, a metric not measured) is left out: DVC
-    shows "-". The other metrics' BD values and the rest are in bd_table.json."""
+    at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A
+    value that does not exist (no overlap, too few points, a metric not
+    measured) is left out: DVC shows "-". The other metrics' BD values and the
+    rest are in bd_table.json."""
     def numbers(d: dict) -> dict:
         return {k: float(v) for k, v in d.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
