@@ -86,10 +86,11 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
         "dec_s": evaluated["decode_seconds"]}
     # Tiny models overlap no anchor in PSNR: no BD-rate (DVC shows "-"); the
     # table says why.
-    assert metrics["bd_rate"] == {"mbt2018-mean": {}}
+    assert "bd_rate" not in metrics
     table = json.loads((repo_copy / "data/report/kodak/bd_table.json").read_text())
     assert set(table["bd"]["mbt2018-mean"]) == {"jpeg", "published_vtm"}
     assert table["bd"]["mbt2018-mean"]["published_vtm"]["psnr"]["warnings"]
+    assert "pub_vtm" in metrics["bd_psnr"]["mbt2018-mean"]  # the rates overlap
     assert set(metrics["bd_psnr"]["mbt2018-mean"]) <= {"jpeg", "pub_vtm"}
     assert (repo_copy / "data/report/kodak/rd_psnr.png").stat().st_size > 10_000
     assert (repo_copy / "data/report/kodak/compressai/mbt2018-mean.json").is_file()
@@ -197,7 +198,8 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     metrics = json.loads((repo_copy / "data/report/kodak/metrics.json").read_text())
     assert_numbers_only(metrics, "data/report/kodak/metrics.json")
     expected = [f"bd_{k}.mbt2018-mean.{a}" for k in ("rate", "psnr") for a in ("jpeg", "pub_vtm")
-                if a in metrics[f"bd_{k}"]["mbt2018-mean"]]
+                if a in metrics.get(f"bd_{k}", {}).get("mbt2018-mean", {})]
+    assert expected  # BD-PSNR against VTM's published curve, at least
     tables = check_exp_show(dvc[0], repo_copy, env, models=["mbt2018-mean-0.05", "mbt2018-mean-0.02"],
                             expected=expected)
     header = tables[200].splitlines()[1].split()

@@ -528,7 +528,7 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
     and decode; per architecture and anchor (:func:`short_anchor`), the BD-rate
     at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A
     value that does not exist (no overlap, too few points, a metric not
-    measured) is left out: DVC shows "-". The other metrics' BD values and the
+    measured) is left out, and so is a group left empty: DVC shows "-". The other metrics' BD values and the
     rest are in bd_table.json."""
     def numbers(d: dict) -> dict:
         return {k: float(v) for k, v in d.items()
@@ -542,9 +542,12 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
                 "ms_ssim": c.ms_ssim[i], "enc_s": c.extra["encoding_time"][i],
                 "dec_s": c.extra["decoding_time"][i]})
     for name, column in (("bd_rate", f"bd_rate_{method}"), ("bd_psnr", f"bd_psnr_{method}")):
-        out[name] = {model: numbers({short_anchor(anchor): cells["psnr"].get(column)
-                                     for anchor, cells in row.items()})
-                     for model, row in table.items()}
+        values = {model: numbers({short_anchor(anchor): cells["psnr"].get(column)
+                                  for anchor, cells in row.items()})
+                  for model, row in table.items()}
+        # DVC shows no empty group either: the file is what `dvc metrics show` lists.
+        if any(values.values()):
+            out[name] = {model: v for model, v in values.items() if v}
     return out
 
 
