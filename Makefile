@@ -19,12 +19,15 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 # params.yaml is checked first (every problem, one line each), then the DAG;
-# after it: the evaluation metrics, then each set's BD-rate table
-# (`dvc metrics show` without a target lists every metric, training's too).
+# after it: the DVC metrics (one file per evaluation set, data/report/<set>/
+# metrics.json: each model's bpp, PSNR..., each architecture's BD-rates;
+# docs/dvc.md), a row each beside the last commit's value (`dvc metrics show`
+# would print a set's in one row, hundreds of characters wide), then each
+# set's BD-rate table.
 run: install
 	$(BIN)/licbench params check
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show data/metrics
+	$(BIN)/dvc metrics diff --all
 	@for f in data/report/*/bd_rate.md; do [ -f "$$f" ] && { echo; cat "$$f"; }; done; true
 
 test: install

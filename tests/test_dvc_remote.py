@@ -67,6 +67,6 @@ def test_outputs_pushed_to_a_directory_remote_come_back_in_a_fresh_clone(mirror,
     for kind in ("models/mbt2018-mean-0.01/checkpoint.pt",
                  "data/eval/kodak/mbt2018-mean-0.01/bitstreams/kodim01.lic",
                  "data/metrics/kodak/mbt2018-mean-0.01.json", "models/mbt2018-mean-0.01/train.json",
-                 "data/report/kodak/bd_rate.json"):
+                 "data/report/kodak/metrics.json"):
         assert kind in expected
     assert output_files(clone) == expected

@@ -13,6 +13,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO, copy_repo
+from test_dvc_tables import assert_numbers_only, check_exp_show
 from licbench.config import read_params_file, with_overrides
 
 # Tiny settings: params.yaml with these overrides (a complete params file).
@@ -72,15 +73,25 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     masks = json.loads((repo_copy / "data/metrics/masks/kodak.json").read_text())
     assert masks["images"] == 2 and masks["covered_fraction"] == 1.0
     assert len(list((repo_copy / "data/masks/kodak/overlays").glob("*.png"))) == 1
-    metrics = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env))
-    flat = json.dumps(metrics)
-    assert "data/metrics/kodak/mbt2018-mean-0.05.json" in flat and '"psnr"' in flat
-    assert "data/report/kodak/bd_rate.json" in flat
-    # Tiny models overlap no anchor: every BD-rate is null, but each is there.
-    headline = json.loads((repo_copy / "data/report/kodak/bd_rate.json").read_text())
-    assert set(headline["mbt2018-mean"]) == {"jpeg", "published_vtm"}
+    # DVC metrics: one file per evaluation set, numbers only (docs/dvc.md).
+    [shown] = json.loads(run(dvc + ["metrics", "show", "--json"], repo_copy, env)).values()
+    assert list(shown["data"]) == ["data/report/kodak/metrics.json"]
+    metrics = shown["data"]["data/report/kodak/metrics.json"]["data"]
+    assert_numbers_only(metrics, "data/report/kodak/metrics.json")
+    assert metrics == json.loads((repo_copy / "data/report/kodak/metrics.json").read_text())
+    evaluated = json.loads((repo_copy / "data/metrics/kodak/mbt2018-mean-0.05.json").read_text())
+    assert metrics["mbt2018-mean-0.05"] == {
+        "bpp": evaluated["bpp"], "bpp_est": evaluated["bpp_estimated"], "psnr": evaluated["psnr"],
+        "ms_ssim": evaluated["ms_ssim"], "enc_s": evaluated["encode_seconds"],
+        "dec_s": evaluated["decode_seconds"]}
+    # Tiny models overlap no anchor in PSNR: no BD-rate (DVC shows "-"); the
+    # table says why.
+    assert "bd_rate" not in metrics
     table = json.loads((repo_copy / "data/report/kodak/bd_table.json").read_text())
+    assert set(table["bd"]["mbt2018-mean"]) == {"jpeg", "published_vtm"}
     assert table["bd"]["mbt2018-mean"]["published_vtm"]["psnr"]["warnings"]
+    assert "pub_vtm" in metrics["bd_psnr"]["mbt2018-mean"]  # the rates overlap
+    assert set(metrics["bd_psnr"]["mbt2018-mean"]) <= {"jpeg", "pub_vtm"}
     assert (repo_copy / "data/report/kodak/rd_psnr.png").stat().st_size > 10_000
     assert (repo_copy / "data/report/kodak/compressai/mbt2018-mean.json").is_file()
     run(dvc + ["plots", "show", "--out", str(repo_copy / "plots_out")], repo_copy, env)
@@ -186,3 +197,22 @@ def test_dvc_repro_end_to_end(repo_copy, mirror, monkeypatch):
     points = json.loads((repo_copy / "data/report/kodak/rd_points.json").read_text())
     assert len([p for p in points if p["kind"] == "trained"]) == 1
     assert json.loads(run(dvc + ["status", "--json"], repo_copy, env)) == {}
+
+    # 6. Two experiments, a λ added by each: DVC's run cache restores the
+    # models trained above (and the reports of those λ). docs/dvc.md's `dvc exp show`
+    # fits 200 columns and shows each one's λ list, architectures, the models
+    # that differ (bpp and PSNR) and the BD values.
+    run(["git", "add", "-A"], repo_copy, env)
+    run(["git", "commit", "-qm", "one lambda"], repo_copy, env)
+    for lambdas in ("[0.01,0.05]", "[0.01,0.02]"):
+        out = run(dvc + ["exp", "run", "-S", f"lambdas={lambdas}"], repo_copy, env)
+        assert "Ran experiment(s)" in out and "Running stage 'train@" not in out
+    metrics = json.loads((repo_copy / "data/report/kodak/metrics.json").read_text())
+    assert_numbers_only(metrics, "data/report/kodak/metrics.json")
+    expected = [f"bd_{k}.mbt2018-mean.{a}" for k in ("rate", "psnr") for a in ("jpeg", "pub_vtm")
+                if a in metrics.get(f"bd_{k}", {}).get("mbt2018-mean", {})]
+    assert expected  # BD-PSNR against VTM's published curve, at least
+    tables = check_exp_show(dvc[0], repo_copy, env, models=["mbt2018-mean-0.05", "mbt2018-mean-0.02"],
+                            expected=expected)
+    header = tables[200].splitlines()[1].split()
+    assert "mbt2018-mean-0.01.psnr" not in header  # the same in every row (--only-changed)

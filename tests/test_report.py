@@ -98,11 +98,30 @@ def test_known_answer_and_table(data_root, tmp_path):
     assert "| far [this run] * | file | n/a |" in md
     saved = json.loads((tmp_path / "out" / "bd_table.json").read_text())
     assert saved["bd"]["toy"]["jpeg"]["psnr"]["bd_rate_cubic"] == pytest.approx(-20.0, abs=1e-6)
-    headline = json.loads((tmp_path / "out" / "bd_rate.json").read_text())
-    assert headline["toy"]["jpeg"]["psnr"] == pytest.approx(-20.0, abs=1e-6)
-    assert headline["toy"]["jpeg"]["ms_ssim"] == pytest.approx(-20.0, abs=1e-6)
-    assert headline["toy"]["jpeg"]["jpeg_ai_average"] is None  # none of JPEG AI's metrics
-    assert headline["toy"]["far"]["psnr"] is None
+    # DVC metrics: numbers only, short names; no overlap, no entry.
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["bd_rate"]["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
+    assert metrics["bd_psnr"]["toy"]["jpeg"] == pytest.approx(-10 * math.log10(0.8), abs=1e-6)
+    assert "far" not in metrics["bd_rate"]["toy"] and "far" not in metrics["bd_psnr"]["toy"]
+    assert metrics["bd_rate"]["toy"]["pub_vtm"] == cell_vtm(report)
+    assert sorted(metrics) == sorted([f"toy-{lm}" for lm in LAMBDAS] + ["bd_rate", "bd_psnr"])
+    assert metrics[f"toy-{LAMBDAS[1]}"] == pytest.approx({
+        "bpp": 0.8 * BPP[1], "bpp_est": 0.98 * BPP[1], "psnr": quality(BPP)[0][1],
+        "ms_ssim": quality(BPP)[1][1], "enc_s": 0.1, "dec_s": 0.2})
+    assert_numbers_only(metrics)
+
+
+def cell_vtm(report):
+    return report.table["toy"]["published_vtm"]["psnr"]["bd_rate_pchip"]
+
+
+def assert_numbers_only(tree, path="metrics.json"):
+    """Every leaf of a DVC metrics file is a finite number (no string, bool, null)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            assert_numbers_only(value, f"{path}:{key}")
+    else:
+        assert type(tree) in (int, float) and math.isfinite(tree), f"{path}: {tree!r}"
 
 
 def test_published_anchor_matches_a_direct_computation(data_root, tmp_path):
@@ -226,7 +245,7 @@ def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     assert child.data.tags["licbench.model_runs"] == model_run.info.run_id
     assert f"lambda {LAMBDAS[2]}: [run {model_run.info.run_id}]" in child.data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
-    assert {"bd_rate.md", "bd_rate.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
+    assert {"bd_rate.md", "metrics.json", "bd_table.json", "rd_psnr.png", "rd_ms_ssim.png", "compressai"} <= artifacts
     # Keyed by its inputs: the same report again updates its runs; other inputs add a report.
     assert log_report(report, REPORT, Target("test", "tests")) == parent_id
     assert len(client.search_runs([experiment_id], "tags.`licbench.stage` = 'report'")) == 2

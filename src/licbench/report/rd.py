@@ -19,9 +19,9 @@ curve, ``file`` (every byte of the file) against classical codecs. Outputs, all
 in ``out_dir``:
 
 - ``bd_rate.md`` and ``bd_table.json``: the tables (BD values, complexity of
-  each model, the RD points nearest JPEG AI's target rates); ``bd_rate.json``
-  (DVC metrics): BD-rate per metric and the JPEG AI average with
-  ``report.method``'s fit;
+  each model, the RD points nearest JPEG AI's target rates);
+- ``metrics.json``, the set's DVC metrics (:func:`dvc_metrics`): numbers only,
+  under short names, so that ``dvc exp show`` stays narrow (docs/dvc.md);
 - ``rd_psnr.png``, ``rd_ms_ssim.png``, ``rd_metrics.png`` (one panel per
   metric column): the RD plots;
 - ``rd_points.json``: every point of every curve, for ``dvc plots``;
@@ -520,6 +520,43 @@ def rd_points(curves: list[Curve]) -> list[dict]:
             for c in curves for b, p, m in zip(c.bpp, c.psnr, c.ms_ssim_db)]
 
 
+def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
+    """The set's DVC metrics (``metrics.json``), numbers only, under short names
+    (`dvc exp show` makes each column as wide as its name): per model, by its
+    key ``<arch>-<lambda>``, the rate (bpp from file bytes; bpp_est, the entropy
+    model's estimate), PSNR, MS-SSIM and the mean seconds per image to encode
+    and decode; per architecture and anchor (:func:`short_anchor`), the BD-rate
+    at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A
+    value that does not exist (no overlap, too few points, a metric not
+    measured) is left out, and so is a group left empty: DVC shows "-". The other metrics' BD values and the
+    rest are in bd_table.json."""
+    def numbers(d: dict) -> dict:
+        return {k: float(v) for k, v in d.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+    out: dict = {}
+    for c in trained:
+        for i, lm in enumerate(c.extra["lambda"]):
+            out[f"{c.id}-{lm}"] = numbers({
+                "bpp": c.bpp[i], "bpp_est": c.extra["bpp_estimated"][i], "psnr": c.psnr[i],
+                "ms_ssim": c.ms_ssim[i], "enc_s": c.extra["encoding_time"][i],
+                "dec_s": c.extra["decoding_time"][i]})
+    for name, column in (("bd_rate", f"bd_rate_{method}"), ("bd_psnr", f"bd_psnr_{method}")):
+        values = {model: numbers({short_anchor(anchor): cells["psnr"].get(column)
+                                  for anchor, cells in row.items()})
+                  for model, row in table.items()}
+        # DVC shows no empty group either: the file is what `dvc metrics show` lists.
+        if any(values.values()):
+            out[name] = {model: v for model, v in values.items() if v}
+    return out
+
+
+def short_anchor(anchor_id: str) -> str:
+    """An anchor's name in metrics.json: its curve id, ``pub_`` for ``published_``
+    (``pub_vtm``: VTM's published curve; ``vtm``: VTM run here)."""
+    return "pub_" + anchor_id.removeprefix("published_") if anchor_id.startswith("published_") else anchor_id
+
+
 @dataclass
 class Report:
     dataset: str
@@ -549,20 +586,13 @@ def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root
                           targets_markdown([c for c in curves if c.kind != "published"])])
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"metrics": out_dir / "bd_rate.json", "table_json": out_dir / "bd_table.json",
+    files = {"metrics": out_dir / "metrics.json", "table_json": out_dir / "bd_table.json",
              "table_md": out_dir / "bd_rate.md",
              "plot_psnr": out_dir / "rd_psnr.png", "plot_ms_ssim": out_dir / "rd_ms_ssim.png",
              "plot_metrics": out_dir / "rd_metrics.png", "points": out_dir / "rd_points.json"}
     write_json_atomic(files["table_json"], {"method": method, "rate": RATE_NOTE, "bd": table,
                                             "complexity": complexity, "target_rates": targets})
-    # DVC metrics: BD-rate (report.method) per metric column and the JPEG AI
-    # average, `dvc metrics show`'s columns <model>.<anchor>.<metric>.
-    write_json_atomic(files["metrics"], {
-        model: {anchor: {**{c: cell.get(f"bd_rate_{method}") for c, cell in cells.items()
-                            if c != "jpeg_ai_average"},
-                         "jpeg_ai_average": cells["jpeg_ai_average"][method][f"bd_rate_{method}"]}
-                for anchor, cells in row.items()}
-        for model, row in table.items()})
+    write_json_atomic(files["metrics"], dvc_metrics(trained, table, method))
     write_bytes_atomic(files["table_md"], markdown.encode())
     plot_rd(curves, "psnr", dataset, files["plot_psnr"])
     plot_rd(curves, "ms_ssim", dataset, files["plot_ms_ssim"])
