@@ -79,6 +79,39 @@ def data_root(tmp_path):
     return root
 
 
+def test_jpeg_ai_average_of_the_metrics_measured(tmp_path):
+    """FSIM at 0.8 times the anchor's rate (BD-rate -20 %), VMAF at 0.9 times
+    (-10 %): JPEG AI's average is -15 % "of 2 of 7", in the table and in the
+    set's DVC metrics; BD-rate per metric there too."""
+    root = tmp_path / "data"
+    write_summaries(root, "toy", BPP, rate_scale=0.8)
+    fsim = lambda b: 0.05 * math.log10(b) + 0.9  # noqa: E731 -- each linear in log-rate: exact BD
+    vmaf = lambda b: 20 * math.log10(b) + 80  # noqa: E731
+    for i, lm in enumerate(LAMBDAS):
+        path = root / "metrics" / "kodak" / f"toy-{lm}.json"
+        summary = json.loads(path.read_text())
+        rate = summary["bpp"]  # 0.8 BPP[i]
+        summary.update(fsim=fsim(rate / 0.8), vmaf=vmaf(rate / 0.9))
+        path.write_text(json.dumps(summary))
+    write_anchors(root, {"jpeg": BPP})
+    curves = json.loads((root / "anchors/kodak/curves.json").read_text())
+    curves["jpeg"]["results"].update(fsim=[fsim(b) for b in BPP], vmaf=[vmaf(b) for b in BPP])
+    (root / "anchors/kodak/curves.json").write_text(json.dumps(curves))
+
+    report = report_of(root, tmp_path / "out")
+    cells = report.table["toy"]["jpeg"]
+    assert cells["fsim"]["bd_rate_pchip"] == pytest.approx(-20.0, abs=1e-6)
+    assert cells["vmaf"]["bd_rate_pchip"] == pytest.approx(-10.0, abs=1e-6)
+    average = cells["jpeg_ai_average"]["pchip"]
+    assert average["bd_rate_pchip"] == pytest.approx(-15.0, abs=1e-6)
+    assert average["metrics"] == ["fsim", "vmaf"] and average["of"] == 7
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["bd_rate_jpeg_ai"]["toy"]["jpeg"] == pytest.approx(-15.0, abs=1e-6)
+    assert metrics["bd_rate_fsim"]["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
+    assert metrics["bd_rate_vmaf"]["toy"]["jpeg"] == pytest.approx(-10.0, abs=1e-6)
+    assert "2 of 7" in report.markdown
+
+
 def test_known_answer_and_table(data_root, tmp_path):
     report = report_of(data_root, tmp_path / "out")
     cell = report.table["toy"]["jpeg"]
@@ -104,7 +137,9 @@ def test_known_answer_and_table(data_root, tmp_path):
     assert metrics["bd_psnr"]["toy"]["jpeg"] == pytest.approx(-10 * math.log10(0.8), abs=1e-6)
     assert "far" not in metrics["bd_rate"]["toy"] and "far" not in metrics["bd_psnr"]["toy"]
     assert metrics["bd_rate"]["toy"]["pub_vtm"] == cell_vtm(report)
-    assert sorted(metrics) == sorted([f"toy-{lm}" for lm in LAMBDAS] + ["bd_rate", "bd_psnr"])
+    # MS-SSIM's BD-rate too (the toy summaries measure PSNR and MS-SSIM; no JPEG AI metric).
+    assert sorted(metrics) == sorted([f"toy-{lm}" for lm in LAMBDAS] + ["bd_rate", "bd_psnr", "bd_rate_ms_ssim"])
+    assert metrics["bd_rate_ms_ssim"]["toy"]["jpeg"] == pytest.approx(-20.0, abs=1e-6)
     assert metrics[f"toy-{LAMBDAS[1]}"] == pytest.approx({
         "bpp": 0.8 * BPP[1], "bpp_est": 0.98 * BPP[1], "psnr": quality(BPP)[0][1],
         "ms_ssim": quality(BPP)[1][1], "enc_s": 0.1, "dec_s": 0.2})

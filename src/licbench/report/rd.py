@@ -526,10 +526,12 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
     key ``<arch>-<lambda>``, the rate (bpp from file bytes; bpp_est, the entropy
     model's estimate), PSNR, MS-SSIM and the mean seconds per image to encode
     and decode; per architecture and anchor (:func:`short_anchor`), the BD-rate
-    at equal PSNR (%) and the BD-PSNR at equal rate (dB), ``method``'s fit. A
-    value that does not exist (no overlap, too few points, a metric not
-    measured) is left out, and so is a group left empty: DVC shows "-". The other metrics' BD values and the
-    rest are in bd_table.json."""
+    at equal PSNR (``bd_rate``, %), the BD-PSNR at equal rate (``bd_psnr``, dB),
+    the BD-rate at equal quality of every other metric measured
+    (``bd_rate_<metric>``) and JPEG AI's average of them (``bd_rate_jpeg_ai``),
+    ``method``'s fit. A value that does not exist (no overlap, too few points, a
+    metric not measured) is left out, and so is a group left empty: DVC shows
+    "-". Both fits, BD-quality and the warnings are in bd_table.json."""
     def numbers(d: dict) -> dict:
         return {k: float(v) for k, v in d.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -541,8 +543,18 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
                 "bpp": c.bpp[i], "bpp_est": c.extra["bpp_estimated"][i], "psnr": c.psnr[i],
                 "ms_ssim": c.ms_ssim[i], "enc_s": c.extra["encoding_time"][i],
                 "dec_s": c.extra["decoding_time"][i]})
-    for name, column in (("bd_rate", f"bd_rate_{method}"), ("bd_psnr", f"bd_psnr_{method}")):
-        values = {model: numbers({short_anchor(anchor): cells["psnr"].get(column)
+    def cell_value(cells: dict, metric: str, column: str):
+        if metric == "jpeg_ai_average":
+            return (cells.get(metric) or {}).get(method, {}).get(column)
+        return (cells.get(metric) or {}).get(column)
+
+    metrics = list(dict.fromkeys(m for row in table.values() for cells in row.values() for m in cells))
+    groups = [("bd_rate", "psnr", f"bd_rate_{method}"), ("bd_psnr", "psnr", f"bd_psnr_{method}")]
+    # Every other metric's BD-rate, and JPEG AI's average of them (of those measured).
+    groups += [(f"bd_rate_{'jpeg_ai' if m == 'jpeg_ai_average' else m}", m, f"bd_rate_{method}")
+               for m in metrics if m != "psnr"]
+    for name, metric, column in groups:
+        values = {model: numbers({short_anchor(anchor): cell_value(cells, metric, column)
                                   for anchor, cells in row.items()})
                   for model, row in table.items()}
         # DVC shows no empty group either: the file is what `dvc metrics show` lists.
