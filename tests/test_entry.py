@@ -110,3 +110,14 @@ def test_the_licbench_command_names_an_output_it_cannot_write(tmp_path, capsys):
                  "-m", str(ckpt)]) == EXIT_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"licbench: error: {tmp_path / 'img.png'}: File exists"]
+
+
+def test_importing_the_models_prints_no_deprecation_of_torch_jit(tmp_path):
+    """torch 2.14 deprecates torch.jit.script, which CompressAI's imports call:
+    every stage and command would print that FutureWarning first."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    probe = ("import warnings; warnings.simplefilter('default'); import licbench; "
+             "import licbench.models, licbench.coding.codec, licbench.evaluate")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch.jit.script" not in done.stderr, done.stderr[-2000:]
