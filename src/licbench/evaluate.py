@@ -32,6 +32,7 @@ from .fileio import atomic_path, write_json_atomic
 from .metrics import METRICS, bpp_from_bytes, bpp_from_likelihoods, check_weights, columns, measure
 from .models import Checkpoint, get_architecture, load_checkpoint
 from .progress import progress
+from .tracking import Target
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def evaluate_checkpoint(
     return table, summarize(rows, metrics)
 
 
-def log_evaluation(to, summary: dict, cfg: EvaluateConfig, per_image: Path) -> str:
+def log_evaluation(to: Target, summary: dict, cfg: EvaluateConfig, per_image: Path) -> str:
     """Log one model's evaluation on one set as an MLflow run of its own (``to``:
     a :class:`licbench.tracking.Target`), keyed by the weights, the set (its
     manifest) and the evaluation settings: rerunning the same evaluation updates
@@ -183,7 +184,7 @@ def run_evaluate_stage(
     summary_path: str | Path,
     data_root: str | Path = "data",
     *,
-    mlflow_to,
+    mlflow_to: Target,
     metric_weights: str | None = None,
 ) -> dict:
     """What ``stages/evaluate.py`` runs: evaluate one model on one set, log to

@@ -18,6 +18,7 @@ from ..data.images import load_rgb8
 from ..errors import MaskError
 from ..fileio import atomic_path, write_json_atomic
 from ..progress import progress
+from ..tracking import Target
 from .generate import Segmenter, fallback_segment, make_segmenter
 from .rle import ones_indices
 from .table import (IMAGES_FILE, MaskTable, mask_rows, part_path, read_part, write_index, write_part,
@@ -116,7 +117,7 @@ def select_images(manifest, splits: list[str], data_root: Path, max_images: int 
 
 
 def run_masks_stage(cfg: MasksConfig, dataset: str, out_dir: str | Path, summary_path: str | Path,
-                    data_root: str | Path = "data", *, mirror: Path | None, mlflow_to,
+                    data_root: str | Path = "data", *, mirror: Path | None, mlflow_to: Target,
                     model=None, build=None) -> dict:
     """What ``stages/masks.py`` runs: masks for one set's configured splits,
     logged to MLflow (``mlflow_to``, a :class:`licbench.tracking.Target`), and the table's index

@@ -46,6 +46,7 @@ from ..config import ReportConfig
 from ..errors import LicbenchError
 from ..fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from ..metrics import COLUMNS, JPEG_AI, bd_value
+from ..tracking import Target
 from . import published
 from .bdrate import METHODS, BDWarning, bd_quality, bd_rate
 
@@ -617,7 +618,7 @@ def build_report(cfg: ReportConfig, dataset: str, out_dir: str | Path, data_root
     return Report(dataset, curves, table, markdown, files)
 
 
-def log_report(report: Report, cfg: ReportConfig, to) -> str:
+def log_report(report: Report, cfg: ReportConfig, to: Target) -> str:
     """One MLflow run per report (``to``: a :class:`licbench.tracking.Target`),
     keyed by its inputs (the curves and the report settings), with the files;
     and a run per trained architecture with ``bd_rate_vs_<anchor>`` and
@@ -705,7 +706,7 @@ def console_summary(report: Report, method: str) -> list[str]:
 
 def run_report_stage(cfg: ReportConfig, dataset: str, out_dir: str | Path,
                      data_root: str | Path = "data", *, archs: list[str], lambdas: list[float],
-                     mlflow_to) -> Report:
+                     mlflow_to: Target) -> Report:
     """What ``stages/report.py`` runs; the MLflow run goes to ``mlflow_to`` (a
     :class:`licbench.tracking.Target`)."""
     report = build_report(cfg, dataset, out_dir, data_root, archs=archs, lambdas=lambdas)

@@ -11,12 +11,13 @@ from ..device import device_name
 from ..config import resolve_device
 from ..data.datasets import manifest_digest
 from ..models import model_key
+from ..tracking import Target
 from .state import load_train_state, training_digest
 
 log = logging.getLogger(__package__)
 
 
-def train_with_mlflow(to, arch, arch_config, lmbda, cfg, manifest, images, val_images,
+def train_with_mlflow(to: Target, arch, arch_config, lmbda, cfg, manifest, images, val_images,
                       state_path, world, train, partitions=None, masks_info=None) -> dict:
     """Run ``train`` inside the model's MLflow run (``to``: a
     :class:`licbench.tracking.Target`): one run per training, continued by a

@@ -14,6 +14,7 @@ from ..models import trains_with_partition
 from .distributed import process_group, rank_and_world
 from .loop import check_settings, train_model
 from .mlflow_run import train_with_mlflow
+from ..tracking import Target
 
 log = logging.getLogger(__package__)
 
@@ -28,7 +29,7 @@ def run_train_stage(
     data_root: str | Path = "data",
     state_path: str | Path | None = None,
     *,
-    mlflow_to,
+    mlflow_to: Target,
 ) -> dict:
     """What ``stages/train.py`` runs: train, log to MLflow (``mlflow_to``, a
     :class:`licbench.tracking.Target`), write outs.
