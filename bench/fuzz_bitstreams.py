@@ -10,9 +10,11 @@ resized. Half of the mutations recompute the CRCs so that the damage reaches
 the model and the rANS decoder rather than stopping at the checksum.
 
 Each case is decoded in a worker process with an address-space limit; the parent
-watches it with a time-out. A case ends in one of: decoded (garbage in, an image
-out), format_errors (our own refusal: FormatError, or ModelMismatchError when the
-damage hits the model id), other_exceptions (any other exception:
+watches it with a time-out. A case ends in one of: decoded (an image out: the
+mutation left a valid file, say a smaller height in the same padded size),
+format_errors (our own refusal: FormatError, or ModelMismatchError when the
+damage hits the model id; ``format_error_kinds`` counts apart the streams the
+rANS decoder took to their end and refused there), other_exceptions (any other exception:
 a bug), hangs (no answer within --timeout), crashes (the worker died: a
 segmentation fault, say), memory_errors (MemoryError under the limit).
 The last line printed is a JSON object with these counts.
@@ -169,7 +171,10 @@ def worker(conn, model_path: str, mem_limit_mb: int) -> None:
             decompress_image(ckpt, decode_container(data, "fuzz.lic"), "fuzz.lic")
             conn.send(("decoded", ""))
         except LicbenchError as exc:  # FormatError, or ModelMismatchError from a damaged model id
-            conn.send(("format_error", type(exc).__name__))
+            kind = type(exc).__name__
+            if "does not end where its symbols do" in str(exc):
+                kind += " (stream end)"  # the rANS decoder was reached, and caught it
+            conn.send(("format_error", kind))
         except MemoryError:
             conn.send(("memory_errors", ""))
         except Exception as exc:  # noqa: BLE001 - counting them is the point

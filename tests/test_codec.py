@@ -85,6 +85,34 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     np.testing.assert_array_equal(decoded, decoded2)
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_streams_that_do_not_end_with_their_symbols_are_refused(arch, crop, tmp_path):
+    """Junk appended inside a valid container (CRCs recomputed), a stream cut
+    short or one whose words are swapped: every stream of every coder checks
+    that the decoder ended exactly on its last word, in the encoder's first state."""
+    from dataclasses import replace
+
+    ckpt = tiny_checkpoint(arch, tmp_path)
+    bs = compress_image(ckpt, crop)
+    rng = np.random.default_rng(0)
+    for i, stream in enumerate(bs.streams):
+        damaged = {
+            "appended": stream + rng.integers(0, 256, 8, dtype=np.uint8).tobytes(),
+            "appended zeros": stream + bytes(4),
+            "cut": stream[:-4] if len(stream) > 8 else stream + stream,
+        }
+        for kind, s in damaged.items():
+            streams = bs.streams[:i] + (s,) + bs.streams[i + 1:]
+            data = encode_container(replace(bs, streams=streams))
+            with pytest.raises(FormatError) as err:
+                decompress_image(ckpt, decode_container(data, "x.lic"), "x.lic")
+            message = str(err.value)
+            assert "\n" not in message and message.startswith("x.lic: stream "), (kind, message)
+            if kind != "cut":  # a cut can also derail a later stream's decoding first
+                assert message == (f"x.lic: stream {i} does not end where its symbols do "
+                                   "(bytes left over or missing); the file is damaged"), (kind, message)
+
+
 def test_wrong_model_is_refused(crop, tmp_path):
     a = tiny_checkpoint("mbt2018-mean", tmp_path / "a", seed=0)
     b = tiny_checkpoint("mbt2018-mean", tmp_path / "b", seed=1)

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from compressai.ans import RansDecoder, RansEncoder
+from compressai.ans import RansEncoder
 
 from ..errors import CheckpointError
 from ..models import Checkpoint
+from .rans import StreamDecoder, decode_bottleneck
 
 FLOAT64 = torch.float64
 
@@ -138,16 +139,16 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     return {"strings": [[y_string], z_strings], "shape": z.shape[-2:], "y_hat": latent}
 
 
-def decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    z_hat = decode_bottleneck(model.entropy_bottleneck, streams[1], shape)
     ctx = WavefrontContext(ckpt.float64_cpu(), z_hat)
-    decoder = RansDecoder()
-    decoder.set_stream(strings[0][0])
+    decoder = StreamDecoder(streams[0])
     for rows, cols in ctx.wavefronts():
         scales, means = ctx.entropy_parameters(rows, cols)
         indexes = scale_indexes(ctx.gc, scales).flatten().tolist()
-        q = decoder.decode_stream(indexes, ctx.cdf, ctx.cdf_lengths, ctx.offsets)
+        q = decoder.decode(indexes, ctx.cdf, ctx.cdf_lengths, ctx.offsets)
         ctx.put(rows, cols, torch.tensor(q, dtype=FLOAT64).view_as(means) + means)
+    decoder.finish()
     y_hat = ctx.latent().to(next(model.parameters()).device, torch.float32)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

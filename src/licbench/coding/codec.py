@@ -33,6 +33,7 @@ from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
 from . import autoregressive, channelwise, hyper, segpic
 from .container import Bitstream
+from .rans import GuardedStream, guard
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
 
 
@@ -69,7 +70,8 @@ def model_id(ckpt: Checkpoint) -> bytes:
 class Coder:
     """An architecture's entropy coding: ``compress(ckpt, x)`` returns
     ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}`` and
-    ``decompress(ckpt, strings, shape)`` returns ``{"x_hat": image, "y_hat": latent}``;
+    ``decompress(ckpt, streams, shape)`` (coding/rans.py's guarded streams, each
+    checked to end where its symbols do) returns ``{"x_hat": image, "y_hat": latent}``;
     ``y_hat`` is what g_s receives, identical on both sides."""
 
     compress: Callable[[Checkpoint, torch.Tensor], dict]
@@ -122,16 +124,12 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
     return encode(ckpt, image)[0]
 
 
-def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[bytes]]:
-    """The streams as the rANS decoder takes them, checked and padded.
+def guarded_streams(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[GuardedStream]:
+    """The streams as the rANS decoder takes them, checked and guarded (coding/rans.py).
 
-    CompressAI's decoder reads 32-bit words with no end check: a damaged or
-    crafted stream makes it read past the end of its buffer. Its encoder always
-    writes whole words and at least the 8-byte final state, so anything else is
-    refused. Each stream is then followed by zero bytes: two words per latent
-    symbol plus 4 KiB. Past the real data the decoder reads zeros and consumes
-    at most one word per symbol; only its escape-code loop could read more, so
-    this is a wide margin, not a proof (bench/fuzz_bitstreams.py tests it).
+    CompressAI's encoder always writes whole 32-bit words and at least the
+    8-byte final state, so anything else is refused. The guard after each
+    stream allows two words per latent symbol plus 4 KiB.
     """
     for i, s in enumerate(bs.streams):
         if len(s) < 8 or len(s) % 4:
@@ -141,8 +139,7 @@ def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[b
     channels = int(ckpt.config.get("N", 0)) + int(ckpt.config.get("M", 0)) or 1024
     # SegPIC's prototype streams: grid x grid cells of N/2 channels each.
     symbols = cells * channels + int(ckpt.config.get("grid", 0)) ** 2 * int(ckpt.config.get("N", 0))
-    padding = bytes(4 * (2 * symbols + 1024))
-    return [[s + padding] for s in bs.streams]
+    return [guard(s, 2 * symbols + 1024, f"{source}: stream {i}") for i, s in enumerate(bs.streams)]
 
 
 @torch.no_grad()
@@ -170,8 +167,8 @@ def decode(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
             f"{source}: latent shape {bs.shape} / padding {bs.pad_multiple} do not match a "
             f"{bs.width}x{bs.height} image for {ckpt.arch} (expected {expected} / {spec.pad_multiple})"
         )
-    strings = guarded_strings(ckpt, bs, source)
-    out = get_coder(ckpt.arch).decompress(ckpt, strings, torch.Size(bs.shape))
+    streams = guarded_streams(ckpt, bs, source)
+    out = get_coder(ckpt.arch).decompress(ckpt, streams, torch.Size(bs.shape))
     return to_uint8(out["x_hat"][..., : bs.height, : bs.width]), out["y_hat"]
 
 

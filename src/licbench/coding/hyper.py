@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..models import Checkpoint
+from .rans import decode_bottleneck, decode_indexed
 
 # name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
 HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
@@ -48,12 +49,12 @@ def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
 
 
-def hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+def hyper_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    z_hat = decode_bottleneck(model.entropy_bottleneck, streams[1], shape)
     scales, means = entropy_parameters(ckpt, z_hat)
     gc = model.gaussian_conditional
-    y_hat = gc.decompress(strings[0], gc.build_indexes(scales), dtype=torch.float64, means=means)
+    y_hat = decode_indexed(gc, streams[0], gc.build_indexes(scales), torch.float64, means)
     y_hat = y_hat.to(_device(ckpt), torch.float32)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
 
@@ -67,7 +68,7 @@ def factorized_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     return {"strings": [strings], "shape": y.shape[-2:], "y_hat": y_hat}
 
 
-def factorized_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+def factorized_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    y_hat = model.entropy_bottleneck.decompress(strings[0], shape)
+    y_hat = decode_bottleneck(model.entropy_bottleneck, streams[0], shape)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

@@ -337,7 +337,7 @@ class SegPIC(CompressionModel):
         strings = eb.compress(coder.g_a(pooled))
         return strings, eb.decompress(strings, (self.grid, self.grid))
 
-    def _expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
+    def expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
         """(B, C, grid, grid) decoded prototypes -> (B, C, h, w) over the grid's cells."""
         ids, _ = grid_regions(prototypes.size(0), *size, self.grid, prototypes.device)
         return expand_prototypes(grid_rows(prototypes), ids)
@@ -357,11 +357,11 @@ class SegPIC(CompressionModel):
         y1 = self.g_a1(x)
         strings1, latents1 = self._grid_prototypes(self.prototype_coder1, y1)
         prototypes1 = self.prototype_coder1.g_s(latents1)
-        y = self.g_a2(self.rat_encoder(y1, self._expand_grid(prototypes1, y1.shape[-2:])))
+        y = self.g_a2(self.rat_encoder(y1, self.expand_grid(prototypes1, y1.shape[-2:])))
 
         strings2, latents2 = self._grid_prototypes(self.prototype_coder2, y)
         prototypes2 = ep.prototype_coder2.g_s(latents2.to(param))
-        expanded2 = ep._expand_grid(prototypes2, y.shape[-2:])
+        expanded2 = ep.expand_grid(prototypes2, y.shape[-2:])
         z = self.h_a(self.rat_hyper_encoder(y, expanded2.to(y)))
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -370,22 +370,3 @@ class SegPIC(CompressionModel):
         y_strings, y_hat = ep.channel_conditional.compress(y.to(param), *params)
         return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:],
                 "y_hat": y_hat.to(x)}
-
-    @torch.no_grad()
-    def decompress(self, strings: list, shape, entropy: "SegPIC | None" = None) -> dict:
-        """The image (and ``y_hat``) from :meth:`compress`'s strings and ``z``'s shape."""
-        ep = entropy if entropy is not None else self
-        param, device = next(ep.parameters()), next(self.parameters()).device
-        grid = (self.grid, self.grid)
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        latents1 = self.prototype_coder1.entropy_bottleneck.decompress(strings[2], grid)
-        latents2 = self.prototype_coder2.entropy_bottleneck.decompress(strings[3], grid)
-        y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
-        expanded2 = ep._expand_grid(ep.prototype_coder2.g_s(latents2.to(param)), y_size)
-        params = ep.entropy_parameters(z_hat.to(param), y_size, expanded2)
-        y_hat = ep.channel_conditional.decompress(strings[0], *params).to(device, torch.float32)
-
-        features = self.g_s0(y_hat)
-        prototypes1 = self.prototype_coder1.g_s(latents1)
-        x_hat = self.g_s1(self.rat_decoder(features, self._expand_grid(prototypes1, features.shape[-2:])))
-        return {"x_hat": x_hat.clamp_(0, 1), "y_hat": y_hat}
