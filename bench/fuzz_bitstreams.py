@@ -32,7 +32,6 @@ import struct
 import sys
 import time
 import traceback
-import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,36 +68,20 @@ def make_seeds(model_path: str | None, seed: int) -> tuple[list[bytes], dict]:
 
 # --- mutations ---------------------------------------------------------------
 
-def parse_layout(data: bytes):
-    """Offsets of the header fields and streams of a valid file."""
-    arch_len = data[6]
-    pos = 7 + arch_len + 8
-    size_at = pos
-    pos += 10
-    ndim = data[pos]
-    pos += 1 + 4 * ndim
-    nstreams = data[pos]
-    table_at = pos + 1
-    header_end = table_at + 8 * nstreams
-    lengths = [struct.unpack(">I", data[table_at + 8 * i: table_at + 8 * i + 4])[0] for i in range(nstreams)]
-    return {"size_at": size_at, "table_at": table_at, "header_end": header_end, "lengths": lengths}
+def rebuild(header: bytes, streams: list[bytes], count_at: int) -> bytes:
+    """A file with this header prefix (up to the stream count) and valid CRCs,
+    as coding/container.py seals one."""
+    from licbench.coding.container import seal_header, stream_table
 
-
-def rebuild(header: bytes, streams: list[bytes], table_at: int) -> bytes:
-    """A file with this header prefix (up to the stream table) and valid CRCs."""
-    head = bytearray(header[:table_at - 1])
-    head += bytes([len(streams) % 256])
-    for s in streams:
-        head += struct.pack(">II", len(s), zlib.crc32(s))
-    head += struct.pack(">I", zlib.crc32(head))
-    return bytes(head) + b"".join(streams)
+    return seal_header(header[:count_at] + stream_table(streams)) + b"".join(streams)
 
 
 def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
-    lay = parse_layout(data)
-    payload_at = lay["header_end"] + 4
-    streams, pos = [], payload_at
-    for n in lay["lengths"]:
+    from licbench.coding.container import layout
+
+    lay = layout(data)
+    streams, pos = [], lay.payload_at
+    for n in lay.lengths:
         streams.append(data[pos:pos + n])
         pos += n
     kind = rnd.choice(["bitflip", "truncate", "append", "random_bytes", "splice",
@@ -120,12 +103,12 @@ def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
         i = rnd.randrange(len(data))
         return kind, data[:i] + rnd.randbytes(rnd.randint(0, 16)) + data[i + rnd.randint(0, 16):]
     # The rest keep the CRCs valid, so decoding goes past the checksums.
-    header = bytearray(data[:lay["table_at"]])
+    header = bytearray(data[:lay.count_at])
     if kind == "header_field":
-        i = rnd.randrange(4, lay["table_at"] - 1)
+        i = rnd.randrange(4, lay.count_at)
         header[i] = rnd.randrange(256)
     elif kind == "absurd_size":
-        at = lay["size_at"] + rnd.choice([0, 4])
+        at = lay.size_at + rnd.choice([0, 4])
         header[at:at + 4] = struct.pack(">I", rnd.choice([0, 1, 65535, 65536, 2**31, 2**32 - 1]))
     elif kind == "stream_random":
         i = rnd.randrange(len(streams))
@@ -146,7 +129,7 @@ def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
                 j = rnd.randrange(len(s))
                 s[j] ^= 1 << rnd.randrange(8)
             streams[i] = bytes(s)
-    return kind, rebuild(bytes(header), streams, lay["table_at"])
+    return kind, rebuild(bytes(header), streams, lay.count_at)
 
 
 # --- the worker --------------------------------------------------------------

@@ -12,14 +12,11 @@ from licbench.errors import FormatError, ModelMismatchError
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
 
 
-# The channel-wise models split M into 10 slices.
-TINY = {"charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
-        "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
 
 
 def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
     torch.manual_seed(seed)
-    config = TINY.get(arch, {"N": 16, "M": 24})
+    config = ARCHITECTURES[arch].tiny
     model = build_model(arch, config).eval()
     model.update(force=True)
     path = tmp_path / f"{arch}.pt"
@@ -70,7 +67,7 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
             expected = autoregressive.compress(ckpt, x)["y_hat"]
         elif arch == "segpic":
             expected = segpic.compress(ckpt, x)["y_hat"]
-        elif arch in TINY:
+        elif ARCHITECTURES[arch].coder == "channelwise":
             expected = channelwise.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)

@@ -68,32 +68,36 @@ def model_id(ckpt: Checkpoint) -> bytes:
 
 @dataclass(frozen=True)
 class Coder:
-    """An architecture's entropy coding: ``compress(ckpt, x)`` returns
-    ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}`` and
+    """A coding style (an architecture's declaration names one): ``compress(ckpt, x)``
+    returns ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}``,
+    one entry per stream the architecture declares, and
     ``decompress(ckpt, streams, shape)`` (coding/rans.py's guarded streams, each
     checked to end where its symbols do) returns ``{"x_hat": image, "y_hat": latent}``;
-    ``y_hat`` is what g_s receives, identical on both sides."""
+    ``y_hat`` is what g_s receives, identical on both sides. ``max_symbols(config,
+    height, width)`` bounds the symbols of any one stream of such an image (what
+    the guard after each stream is sized by)."""
 
     compress: Callable[[Checkpoint, torch.Tensor], dict]
     decompress: Callable[[Checkpoint, list, torch.Size], dict]
+    max_symbols: Callable[[dict, int, int], int]
 
 
 CODERS: dict[str, Coder] = {
-    "bmshj2018-factorized": Coder(hyper.factorized_compress, hyper.factorized_decompress),
-    "bmshj2018-hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress),
-    "mbt2018-mean": Coder(hyper.hyper_compress, hyper.hyper_decompress),
-    "mbt2018": Coder(autoregressive.compress, autoregressive.decompress),
-    "charm": Coder(channelwise.compress, channelwise.decompress),
-    "wacnn": Coder(channelwise.compress, channelwise.decompress),
-    "segpic": Coder(segpic.compress, segpic.decompress),
+    "factorized": Coder(hyper.factorized_compress, hyper.factorized_decompress, hyper.max_symbols),
+    "hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress, hyper.max_symbols),
+    "wavefront": Coder(autoregressive.compress, autoregressive.decompress, hyper.max_symbols),
+    "channelwise": Coder(channelwise.compress, channelwise.decompress, hyper.max_symbols),
+    "prototypes": Coder(segpic.compress, segpic.decompress, segpic.max_symbols),
 }
 
 
 def get_coder(arch: str) -> Coder:
+    style = get_architecture(arch).coder
     try:
-        return CODERS[arch]
+        return CODERS[style]
     except KeyError:
-        raise ConfigError(f"architecture '{arch}' has no entropy coder; coded: {', '.join(sorted(CODERS))}") from None
+        raise ConfigError(f"architecture '{arch}' names the coding style '{style}'; "
+                          f"known: {', '.join(sorted(CODERS))}") from None
 
 
 @torch.no_grad()
@@ -103,6 +107,8 @@ def encode(ckpt: Checkpoint, image: np.ndarray) -> tuple[Bitstream, torch.Tensor
     device = next(ckpt.model.parameters()).device
     x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
     out = get_coder(ckpt.arch).compress(ckpt, x)
+    if len(out["strings"]) != spec.n_streams:
+        raise ValueError(f"{ckpt.arch}'s coder wrote {len(out['strings'])} streams, not {spec.streams}")
     streams = []
     for strings in out["strings"]:
         if len(strings) != 1:
@@ -135,10 +141,7 @@ def guarded_streams(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[Guarde
         if len(s) < 8 or len(s) % 4:
             raise FormatError(f"{source}: stream {i} has {len(s)} bytes; an rANS stream is a "
                               "whole number of 32-bit words, at least 2")
-    cells = -(-bs.height // 16) * -(-bs.width // 16)  # every latent here is at 1/16 or coarser
-    channels = int(ckpt.config.get("N", 0)) + int(ckpt.config.get("M", 0)) or 1024
-    # SegPIC's prototype streams: grid x grid cells of N/2 channels each.
-    symbols = cells * channels + int(ckpt.config.get("grid", 0)) ** 2 * int(ckpt.config.get("N", 0))
+    symbols = get_coder(ckpt.arch).max_symbols(ckpt.config, bs.height, bs.width)
     return [guard(s, 2 * symbols + 1024, f"{source}: stream {i}") for i, s in enumerate(bs.streams)]
 
 
@@ -161,7 +164,8 @@ def decode(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
             "pixels (raise it with --max-pixels if the file is trusted)"
         )
     if len(bs.streams) != spec.n_streams:
-        raise FormatError(f"{source}: {len(bs.streams)} streams, {ckpt.arch} codes {spec.n_streams}")
+        raise FormatError(f"{source}: {len(bs.streams)} streams, {ckpt.arch} codes {spec.n_streams} "
+                          f"({', '.join(spec.streams)})")
     if bs.pad_multiple != spec.pad_multiple or bs.shape != expected:
         raise FormatError(
             f"{source}: latent shape {bs.shape} / padding {bs.pad_multiple} do not match a "

@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import torch
 
-from ..models import Checkpoint
+from ..models import Checkpoint, get_architecture
 from .rans import decode_bottleneck, decode_indexed
 
-# name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
-HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
-         "mbt2018-mean": {"means": True, "abs_y": False}}
+
+def options(ckpt: Checkpoint) -> dict:
+    """The architecture's hyperprior options: ``means`` (h_s also predicts the
+    means: mean-scale) and ``abs_y`` (h_a takes |y|)."""
+    return get_architecture(ckpt.arch).coder_options
+
+
+def max_symbols(config: dict, height: int, width: int) -> int:
+    """At most the symbols of one stream of a ``height x width`` image: ``y``
+    at 1/16 with M channels, or ``z`` at 1/64 with N (counted together)."""
+    cells = -(-height // 16) * -(-width // 16)
+    return cells * (int(config.get("N", 0)) + int(config.get("M", 0)) or 1024)
 
 
 def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor):
     """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
     params = ckpt.float64_cpu().h_s(z_hat.to("cpu", torch.float64))
-    if HYPER[ckpt.arch]["means"]:
+    if options(ckpt)["means"]:
         scales, means = params.chunk(2, 1)
         return scales, means
     return params, None
@@ -37,7 +46,7 @@ def _device(ckpt: Checkpoint) -> torch.device:
 def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     model = ckpt.model
     y = model.g_a(x)
-    z = model.h_a(torch.abs(y) if HYPER[ckpt.arch]["abs_y"] else y)
+    z = model.h_a(torch.abs(y) if options(ckpt)["abs_y"] else y)
     z_strings = model.entropy_bottleneck.compress(z)
     z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
     scales, means = entropy_parameters(ckpt, z_hat)

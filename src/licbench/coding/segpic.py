@@ -17,11 +17,18 @@ import torch
 
 from ..models import Checkpoint
 from .channelwise import decode_slices
+from .hyper import max_symbols as hyperprior_symbols
 from .rans import decode_bottleneck
 
 
 def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     return ckpt.model.compress(x, entropy=ckpt.float64_cpu())
+
+
+def max_symbols(config: dict, height: int, width: int) -> int:
+    """At most the symbols of one stream: as for a hyperprior, plus the
+    prototype latents, grid x grid cells of N/2 channels at each level."""
+    return hyperprior_symbols(config, height, width) + int(config["grid"]) ** 2 * int(config["N"])
 
 
 @torch.no_grad()

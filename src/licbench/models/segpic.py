@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .channelwise import ChannelConditional
+from .registry import Architecture, register
 from .wacnn import WindowAttentionBlock, hyper_analysis_transform, hyper_synthesis_transform, slice_transform
 
 # --- regions, MAP and expansion ---------------------------------------------
@@ -370,3 +371,13 @@ class SegPIC(CompressionModel):
         y_strings, y_hat = ep.channel_conditional.compress(y.to(param), *params)
         return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:],
                 "y_hat": y_hat.to(x)}
+
+
+ARCHITECTURE = register(Architecture(
+    "segpic", SegPIC, ("N", "M", "grid", "use_mask"), pad_multiple=64,
+    streams=("y", "z", "prototypes1", "prototypes2"), coder="prototypes",
+    reference="Liu, Yang, Bai, Wei, Zhao, ECCV 2024 (region-adaptive transform with segmentation prior)",
+    paper={"N": 192, "M": 320, "grid": 4, "use_mask": 1},
+    tiny={"N": 16, "M": 40, "grid": 4, "use_mask": 1},
+    partition_key="use_mask",
+))
