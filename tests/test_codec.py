@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive, channelwise, segpic
+from licbench.coding import autoregressive, channelwise, prototypes
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -66,7 +66,7 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
         if arch == "mbt2018":
             expected = autoregressive.compress(ckpt, x)["y_hat"]
         elif arch == "segpic":
-            expected = segpic.compress(ckpt, x)["y_hat"]
+            expected = prototypes.compress(ckpt, x)["y_hat"]
         elif ARCHITECTURES[arch].coder == "channelwise":
             expected = channelwise.compress(ckpt, x)["y_hat"]
         else:

@@ -1,4 +1,4 @@
-"""The mbt2018 wavefront coder (coding/autoregressive.py): exact round trips,
+"""The mbt2018 wavefront coder (coding/latent/wavefront.py): exact round trips,
 agreement with CompressAI's raster-order codec on the same weights, no
 dependence on the thread count, damaged streams and masks."""
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from licbench.coding import autoregressive
-from licbench.coding.autoregressive import WavefrontContext, scale_indexes
+from licbench.coding.latent import Exact
+from licbench.coding.latent.wavefront import WavefrontContext, scale_indexes
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.images import load_rgb8
@@ -38,7 +39,7 @@ def kodak(mirror):
 
 def test_wavefronts_visit_each_position_once_after_its_context(tmp_path):
     ckpt = random_checkpoint(tmp_path)
-    ctx = WavefrontContext(ckpt.float64_cpu(), torch.zeros(1, 16, 3, 5, dtype=torch.float64))
+    ctx = WavefrontContext(Exact(ckpt), torch.zeros(1, 16, 3, 5, dtype=torch.float64))
     step = torch.full((12, 20), -1)
     for t, (rows, cols) in enumerate(ctx.wavefronts()):
         assert bool((step[rows, cols] == -1).all()) and bool((torch.diff(rows) > 0).all())

@@ -1,23 +1,12 @@
 """Image <-> bitstream with a trained model and CompressAI's rANS coder.
 
-Device independence. The decoder must derive the same CDF index for every
-symbol as the encoder did, or the rANS decoder derails. For the hyperprior
-models those indexes come from the hyper-synthesis ``h_s``: scales compared
-against the scale table. Computed in float32, on another device, with another
-thread count or batch layout, a scale that sits near a table boundary can land
-on the other side. Here ``h_s`` always runs in float64 on the CPU, on both
-sides, from a ``z_hat`` that is exact on every device (integer symbols plus
-float32 medians); a flip would need a scale within about 1e-15 of a boundary.
-The analysis transform may run anywhere (only the encoder uses it), and so may
-the synthesis (it only shapes the reconstruction, not the symbols).
-The autoregressive ``mbt2018`` computes h_s, the masked context convolution
-and the entropy parameters in float64 on the CPU too, one wavefront at a time,
-the encoder with exactly the decoder's calls (coding/autoregressive.py).
-The channel-wise models (``charm``, ``wacnn``) run h_s and every slice's
-mean, scale and residual-prediction transforms in float64 on the CPU likewise
-(coding/channelwise.py), and SegPIC adds the synthesis of its coded prototypes
-and the region-adaptive transforms of its entropy model (coding/segpic.py).
-The factorized model's indexes do not depend on data.
+This module pads, writes and reads the container (coding/container.py) and
+enforces the decoding limits; it knows no architecture by name. An
+architecture's declaration (models/registry.py) names its coding style, one
+of ``CODERS``: the style modules (hyper.py, autoregressive.py,
+channelwise.py, prototypes.py) compose the latent coders of coding/latent/,
+where the device-independence rule lives (everything that chooses a symbol's
+CDF runs in float64 on the CPU, encoder and decoder through the same calls).
 """
 
 from __future__ import annotations
@@ -31,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
-from . import autoregressive, channelwise, hyper, segpic
+from . import autoregressive, channelwise, hyper, prototypes
 from .container import Bitstream
 from .rans import GuardedStream, guard
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
@@ -87,7 +76,7 @@ CODERS: dict[str, Coder] = {
     "hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress, hyper.max_symbols),
     "wavefront": Coder(autoregressive.compress, autoregressive.decompress, hyper.max_symbols),
     "channelwise": Coder(channelwise.compress, channelwise.decompress, hyper.max_symbols),
-    "prototypes": Coder(segpic.compress, segpic.decompress, segpic.max_symbols),
+    "prototypes": Coder(prototypes.compress, prototypes.decompress, prototypes.max_symbols),
 }
 
 

@@ -60,7 +60,7 @@ class Checkpoint:
 
     def float64_cpu(self) -> torch.nn.Module:
         """A float64 copy of the model on the CPU (made once): what computes the
-        entropy parameters, identically on every machine (see coding/codec.py)."""
+        entropy parameters, identically on every machine (coding/latent: ``Exact``)."""
         if self._float64_cpu is None:
             self._float64_cpu = copy.deepcopy(self.model).to("cpu", torch.float64).eval()
         return self._float64_cpu

@@ -15,7 +15,8 @@ in WACNN's repository (``cc_mean_transforms``, ``cc_scale_transforms``,
 0.11 to 256), as in that port, where ms2020 predicts a scale index.
 
 All slices of one image go into one rANS stream, in slice order, as in WACNN's
-reference code: the decoder reads the slices back in the same order.
+reference code: the decoder reads the slices back in the same order
+(coding/latent/slices.py codes them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
@@ -82,32 +82,6 @@ class ChannelConditional(nn.Module):
             y_hat_slice = quantize_ste(y_slice - mu) + mu
             y_hat_slices.append(y_hat_slice + self.residual_prediction(i, mean_support, y_hat_slice))
         return torch.cat(y_hat_slices, dim=1), torch.cat(likelihoods, dim=1)
-
-    def tables(self) -> tuple[list, list, list]:
-        """The Gaussian conditional's (CDFs, CDF lengths, offsets) as the rANS coder takes them."""
-        gc = self.gaussian_conditional
-        return (gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(),
-                gc.offset.reshape(-1).int().tolist())
-
-    @torch.no_grad()
-    def compress(self, y: Tensor, latent_means: Tensor, latent_scales: Tensor) -> tuple[list[bytes], Tensor]:
-        """One rANS string per image of the batch, and the y_hat the decoder rebuilds."""
-        gc = self.gaussian_conditional
-        symbols, indexes, y_hat_slices = [], [], []
-        for i, y_slice in enumerate(y.chunk(self.num_slices, dim=1)):
-            mu, scale, mean_support = self.slice_parameters(i, latent_means, latent_scales, y_hat_slices)
-            indexes.append(gc.build_indexes(scale).flatten(1))
-            y_q = gc.quantize(y_slice, "symbols", mu)
-            symbols.append(y_q.flatten(1))
-            y_hat_slice = gc.dequantize(y_q, mu)
-            y_hat_slices.append(y_hat_slice + self.residual_prediction(i, mean_support, y_hat_slice))
-        symbols, indexes = torch.cat(symbols, dim=1), torch.cat(indexes, dim=1)
-        strings = []
-        for b in range(y.size(0)):
-            encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(symbols[b].tolist(), indexes[b].tolist(), *self.tables())
-            strings.append(encoder.flush())
-        return strings, torch.cat(y_hat_slices, dim=1)
 
 
 class ChannelwiseHyperprior(CompressionModel):
