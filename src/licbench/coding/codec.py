@@ -22,8 +22,8 @@ from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
 from . import autoregressive, channelwise, hyper, prototypes
 from .container import Bitstream
-from .rans import GuardedStream, guard
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
+from .rans import GuardedStream, guard
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
