@@ -2,7 +2,7 @@
 
 Same weights for both: CompressAI's ``model.compress`` / ``model.decompress``
 (float32, one latent position per step) and licbench's ``encode`` / ``decode``
-(coding/autoregressive.py: one anti-diagonal per step, float64 entropy
+(coding/latent/wavefront.py: one anti-diagonal per step, float64 entropy
 parameters). Decoding is timed whole and split at the synthesis transform: the
 latent decoding is everything before g_s starts (a forward pre-hook marks it).
 Every figure is the median over images of the fastest of ``--repeats`` runs

@@ -27,7 +27,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from licbench.coding.hyper import HYPER as _HYPER  # noqa: E402
 from licbench.coding.codec import (  # noqa: E402
     compress_image, decompress_image, pad_to_multiple, to_tensor, to_uint8,
 )
@@ -40,7 +39,7 @@ def scales(model, arch, z_hat, dtype, threads):
     h_s = model.h_s.to(dtype)
     params = h_s(z_hat.to(dtype))
     model.h_s.to(torch.float32)
-    return params.chunk(2, 1)[0] if _HYPER[arch]["means"] else params
+    return params.chunk(2, 1)[0] if get_architecture(arch).coder_options["means"] else params
 
 
 @torch.no_grad()
@@ -50,15 +49,15 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", required=True)
     args = parser.parse_args()
     ckpt = load_checkpoint(args.model)
-    if ckpt.arch not in _HYPER:
-        sys.exit(f"{args.model}: {ckpt.arch} has no h_s-driven scales to compare")
     m, spec = ckpt.model, get_architecture(ckpt.arch)
+    if spec.coder != "hyperprior":
+        sys.exit(f"{args.model}: {ckpt.arch} has no h_s-driven scales to compare")
     gc = m.gaussian_conditional
     z_hats = []
     for path in args.images:
         x = pad_to_multiple(to_tensor(load_rgb8(path).array), spec.pad_multiple)
         y = m.g_a(x)
-        z = m.h_a(torch.abs(y) if _HYPER[ckpt.arch]["abs_y"] else y)
+        z = m.h_a(torch.abs(y) if spec.coder_options["abs_y"] else y)
         z_hats.append(m.entropy_bottleneck.decompress(m.entropy_bottleneck.compress(z), z.shape[-2:]))
     result = {"model": args.model, "arch": ckpt.arch, "images": len(z_hats),
               "threads_available": torch.get_num_threads()}

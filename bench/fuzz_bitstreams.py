@@ -10,9 +10,11 @@ resized. Half of the mutations recompute the CRCs so that the damage reaches
 the model and the rANS decoder rather than stopping at the checksum.
 
 Each case is decoded in a worker process with an address-space limit; the parent
-watches it with a time-out. A case ends in one of: decoded (garbage in, an image
-out), format_errors (our own refusal: FormatError, or ModelMismatchError when the
-damage hits the model id), other_exceptions (any other exception:
+watches it with a time-out. A case ends in one of: decoded (an image out: the
+mutation left a valid file, say a smaller height in the same padded size),
+format_errors (our own refusal: FormatError, or ModelMismatchError when the
+damage hits the model id; ``format_error_kinds`` counts apart the streams the
+rANS decoder took to their end and refused there), other_exceptions (any other exception:
 a bug), hangs (no answer within --timeout), crashes (the worker died: a
 segmentation fault, say), memory_errors (MemoryError under the limit).
 The last line printed is a JSON object with these counts.
@@ -30,7 +32,6 @@ import struct
 import sys
 import time
 import traceback
-import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,36 +68,20 @@ def make_seeds(model_path: str | None, seed: int) -> tuple[list[bytes], dict]:
 
 # --- mutations ---------------------------------------------------------------
 
-def parse_layout(data: bytes):
-    """Offsets of the header fields and streams of a valid file."""
-    arch_len = data[6]
-    pos = 7 + arch_len + 8
-    size_at = pos
-    pos += 10
-    ndim = data[pos]
-    pos += 1 + 4 * ndim
-    nstreams = data[pos]
-    table_at = pos + 1
-    header_end = table_at + 8 * nstreams
-    lengths = [struct.unpack(">I", data[table_at + 8 * i: table_at + 8 * i + 4])[0] for i in range(nstreams)]
-    return {"size_at": size_at, "table_at": table_at, "header_end": header_end, "lengths": lengths}
+def rebuild(header: bytes, streams: list[bytes], count_at: int) -> bytes:
+    """A file with this header prefix (up to the stream count) and valid CRCs,
+    as coding/container.py seals one."""
+    from licbench.coding.container import seal_header, stream_table
 
-
-def rebuild(header: bytes, streams: list[bytes], table_at: int) -> bytes:
-    """A file with this header prefix (up to the stream table) and valid CRCs."""
-    head = bytearray(header[:table_at - 1])
-    head += bytes([len(streams) % 256])
-    for s in streams:
-        head += struct.pack(">II", len(s), zlib.crc32(s))
-    head += struct.pack(">I", zlib.crc32(head))
-    return bytes(head) + b"".join(streams)
+    return seal_header(header[:count_at] + stream_table(streams)) + b"".join(streams)
 
 
 def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
-    lay = parse_layout(data)
-    payload_at = lay["header_end"] + 4
-    streams, pos = [], payload_at
-    for n in lay["lengths"]:
+    from licbench.coding.container import layout
+
+    lay = layout(data)
+    streams, pos = [], lay.payload_at
+    for n in lay.lengths:
         streams.append(data[pos:pos + n])
         pos += n
     kind = rnd.choice(["bitflip", "truncate", "append", "random_bytes", "splice",
@@ -118,12 +103,12 @@ def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
         i = rnd.randrange(len(data))
         return kind, data[:i] + rnd.randbytes(rnd.randint(0, 16)) + data[i + rnd.randint(0, 16):]
     # The rest keep the CRCs valid, so decoding goes past the checksums.
-    header = bytearray(data[:lay["table_at"]])
+    header = bytearray(data[:lay.count_at])
     if kind == "header_field":
-        i = rnd.randrange(4, lay["table_at"] - 1)
+        i = rnd.randrange(4, lay.count_at)
         header[i] = rnd.randrange(256)
     elif kind == "absurd_size":
-        at = lay["size_at"] + rnd.choice([0, 4])
+        at = lay.size_at + rnd.choice([0, 4])
         header[at:at + 4] = struct.pack(">I", rnd.choice([0, 1, 65535, 65536, 2**31, 2**32 - 1]))
     elif kind == "stream_random":
         i = rnd.randrange(len(streams))
@@ -144,7 +129,7 @@ def mutate(data: bytes, rnd: random.Random) -> tuple[str, bytes]:
                 j = rnd.randrange(len(s))
                 s[j] ^= 1 << rnd.randrange(8)
             streams[i] = bytes(s)
-    return kind, rebuild(bytes(header), streams, lay["table_at"])
+    return kind, rebuild(bytes(header), streams, lay.count_at)
 
 
 # --- the worker --------------------------------------------------------------
@@ -169,7 +154,10 @@ def worker(conn, model_path: str, mem_limit_mb: int) -> None:
             decompress_image(ckpt, decode_container(data, "fuzz.lic"), "fuzz.lic")
             conn.send(("decoded", ""))
         except LicbenchError as exc:  # FormatError, or ModelMismatchError from a damaged model id
-            conn.send(("format_error", type(exc).__name__))
+            kind = type(exc).__name__
+            if "does not end where its symbols do" in str(exc):
+                kind += " (stream end)"  # the rANS decoder was reached, and caught it
+            conn.send(("format_error", kind))
         except MemoryError:
             conn.send(("memory_errors", ""))
         except Exception as exc:  # noqa: BLE001 - counting them is the point

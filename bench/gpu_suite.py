@@ -650,7 +650,7 @@ def compressai_decompress(model, strings, shape, height: int, width: int) -> tup
 def padded(strings: list, height: int, width: int, channels: int) -> list:
     """CompressAI's rANS decoder reads 32-bit words with no end check, and a
     desynchronised decode (the failure the baseline counts) would read past its
-    buffer: zero bytes after each string keep it inside (as licbench's guarded_strings does)."""
+    buffer: zero bytes after each string keep it inside (as licbench's coding/rans.py guard does)."""
     pad = bytes(4 * (2 * -(-height // 16) * -(-width // 16) * channels + 1024))
     return [[bytes(s) + pad for s in group] for group in strings]
 

@@ -11,7 +11,7 @@ rate, and random weights code at a high rate, so this is an upper bound for
 that share). The first image is coded once before timing (warm-up). Each
 row checks that the decoder rebuilt the encoder's latent. On CUDA the
 analysis and synthesis run on the GPU; the entropy parameters stay on the CPU
-in float64 (coding/codec.py). ``entropy_model_seconds`` times that part alone
+in float64 (coding/latent: ``Exact``). ``entropy_model_seconds`` times that part alone
 on the first image (level-2 prototype synthesis, h_s, the two RATs, the ten
 slices' transforms and the rANS coding of y), in float64 as coded and in
 float32 for comparison: the price of the float64 rule.
@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor  # noqa: E402
 from licbench.coding.container import decode_container, encode_container  # noqa: E402
+from licbench.coding.latent import factorized, slices  # noqa: E402
 from licbench.data.images import load_rgb8  # noqa: E402
 from licbench.models import Checkpoint, build_model, weights_digest  # noqa: E402
 
@@ -71,25 +72,24 @@ def run(ckpt: Checkpoint, images: list, device: str) -> dict:
 
 @torch.no_grad()
 def entropy_model_seconds(model, image, repeat: int = 2) -> dict:
-    """The decoder-reproduced part of SegPIC.compress, alone, on the CPU."""
+    """The decoder-reproduced part of SegPIC's encoder (coding/prototypes.py), alone, on the CPU."""
     x = pad_to_multiple(to_tensor(image), 64)
     y1 = model.g_a1(x)
-    _, latents1 = model._grid_prototypes(model.prototype_coder1, y1)
-    y = model.g_a2(model.rat_encoder(y1, model._expand_grid(model.prototype_coder1.g_s(latents1),
-                                                            y1.shape[-2:])))
-    _, latents2 = model._grid_prototypes(model.prototype_coder2, y)
-    z = model.h_a(model.rat_hyper_encoder(y, model._expand_grid(model.prototype_coder2.g_s(latents2),
-                                                                y.shape[-2:])))
-    z_hat = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(z), z.shape[-2:])
+    c1, c2 = model.prototype_coder1, model.prototype_coder2
+    _, latents1 = factorized.compress(c1.entropy_bottleneck, c1.g_a(model.grid_pool(y1)))
+    y = model.g_a2(model.rat_encoder(y1, model.expand_grid(c1.g_s(latents1), y1.shape[-2:])))
+    _, latents2 = factorized.compress(c2.entropy_bottleneck, c2.g_a(model.grid_pool(y)))
+    z = model.h_a(model.rat_hyper_encoder(y, model.expand_grid(c2.g_s(latents2), y.shape[-2:])))
+    _, z_hat = factorized.compress(model.entropy_bottleneck, z)
     out = {}
     for dtype in (torch.float64, torch.float32):
         m = copy.deepcopy(model).to(dtype)
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            expanded = m._expand_grid(m.prototype_coder2.g_s(latents2.to(dtype)), y.shape[-2:])
+            expanded = m.expand_grid(m.prototype_coder2.g_s(latents2.to(dtype)), y.shape[-2:])
             params = m.entropy_parameters(z_hat.to(dtype), y.shape[-2:], expanded)
-            m.channel_conditional.compress(y.to(dtype), *params)
+            slices.compress(m.channel_conditional, y.to(dtype), *params)
             times.append(time.perf_counter() - t0)
         out[str(dtype).removeprefix("torch.")] = min(times)
     return out

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive, channelwise, segpic
+from licbench.coding import autoregressive, channelwise, prototypes
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -12,14 +12,11 @@ from licbench.errors import FormatError, ModelMismatchError
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
 
 
-# The channel-wise models split M into 10 slices.
-TINY = {"charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
-        "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
 
 
 def tiny_checkpoint(arch, tmp_path, seed=0) -> Checkpoint:
     torch.manual_seed(seed)
-    config = TINY.get(arch, {"N": 16, "M": 24})
+    config = ARCHITECTURES[arch].tiny
     model = build_model(arch, config).eval()
     model.update(force=True)
     path = tmp_path / f"{arch}.pt"
@@ -69,8 +66,8 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
         if arch == "mbt2018":
             expected = autoregressive.compress(ckpt, x)["y_hat"]
         elif arch == "segpic":
-            expected = segpic.compress(ckpt, x)["y_hat"]
-        elif arch in TINY:
+            expected = prototypes.compress(ckpt, x)["y_hat"]
+        elif ARCHITECTURES[arch].coder == "channelwise":
             expected = channelwise.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)
@@ -83,6 +80,34 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     assert torch.equal(enc_latent, expected) and torch.equal(dec_latent, expected)
     # Decoding is deterministic.
     np.testing.assert_array_equal(decoded, decoded2)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_streams_that_do_not_end_with_their_symbols_are_refused(arch, crop, tmp_path):
+    """Junk appended inside a valid container (CRCs recomputed), a stream cut
+    short or one whose words are swapped: every stream of every coder checks
+    that the decoder ended exactly on its last word, in the encoder's first state."""
+    from dataclasses import replace
+
+    ckpt = tiny_checkpoint(arch, tmp_path)
+    bs = compress_image(ckpt, crop)
+    rng = np.random.default_rng(0)
+    for i, stream in enumerate(bs.streams):
+        damaged = {
+            "appended": stream + rng.integers(0, 256, 8, dtype=np.uint8).tobytes(),
+            "appended zeros": stream + bytes(4),
+            "cut": stream[:-4] if len(stream) > 8 else stream + stream,
+        }
+        for kind, s in damaged.items():
+            streams = bs.streams[:i] + (s,) + bs.streams[i + 1:]
+            data = encode_container(replace(bs, streams=streams))
+            with pytest.raises(FormatError) as err:
+                decompress_image(ckpt, decode_container(data, "x.lic"), "x.lic")
+            message = str(err.value)
+            assert "\n" not in message and message.startswith("x.lic: stream "), (kind, message)
+            if kind != "cut":  # a cut can also derail a later stream's decoding first
+                assert message == (f"x.lic: stream {i} does not end where its symbols do "
+                                   "(bytes left over or missing); the file is damaged"), (kind, message)
 
 
 def test_wrong_model_is_refused(crop, tmp_path):

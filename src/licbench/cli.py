@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, metavar="OUT.png")
     p.add_argument("--model", "-m", type=Path, metavar="CKPT")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse files whose image is larger (default: 2^24 = 16.7 Mpixel)")
+                   help="refuse files whose image is larger; lower it for untrusted files, whose "
+                        "decoding work it bounds (default: 2^24 = 16.7 Mpixel)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
                    help=f"where to look for the checkpoint (default: {DEFAULT_MODELS_DIR}/)")
     p.add_argument("--device", default="cpu")

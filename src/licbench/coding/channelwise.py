@@ -1,10 +1,8 @@
-"""Coder for the channel-wise autoregressive models (ChARM, WACNN).
-
-Two streams: every slice of ``y`` in one rANS stream, then ``z``. What decides
-the CDF indexes (the hyper-synthesis ``h_mean_s``/``h_scale_s``, each slice's
-mean, scale and LRP transforms, and the decoded slices they take) runs in
-float64 on the CPU on both sides, in the same order and shapes (see
-coding/codec.py); the analysis and the synthesis run on the model's device.
+"""The channel-wise coding style (ChARM, WACNN): ``z`` factorized, then every
+slice of ``y`` in one stream (coding/latent/slices.py); two streams, ``y``
+then ``z``. The hyper-synthesis ``h_mean_s``/``h_scale_s`` and the slices'
+transforms run through ``Exact`` (coding/latent); the analysis and the
+synthesis on the model's device.
 """
 
 from __future__ import annotations
@@ -12,24 +10,24 @@ from __future__ import annotations
 import torch
 
 from ..models import Checkpoint
+from .latent import Exact, factorized, slices
 
 
 def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
-    model, m64 = ckpt.model, ckpt.float64_cpu()
+    model, exact = ckpt.model, Exact(ckpt)
     y = model.g_a(x)
     z = model.h_a(y)
-    z_strings = model.entropy_bottleneck.compress(z)
-    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    params = m64.hyper_synthesis(z_hat.to("cpu", torch.float64), y.shape[-2:])
-    y_strings, y_hat = m64.channel_conditional.compress(y.to("cpu", torch.float64), *params)
+    z_strings, z_hat = factorized.compress(model.entropy_bottleneck, z)
+    params = exact.call("hyper_synthesis", z_hat, y.shape[-2:])
+    y_strings, y_hat = slices.compress(exact.model.channel_conditional, exact(y), *params)
     return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
 
 
-def decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
-    model, m64 = ckpt.model, ckpt.float64_cpu()
+def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
+    model, exact = ckpt.model, Exact(ckpt)
     device = next(model.parameters()).device
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    z_hat = factorized.decompress(model.entropy_bottleneck, streams[1], shape)
     y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
-    params = m64.hyper_synthesis(z_hat.to("cpu", torch.float64), y_size)
-    y_hat = m64.channel_conditional.decompress(strings[0], *params).to(device, torch.float32)
+    params = exact.call("hyper_synthesis", z_hat, y_size)
+    y_hat = slices.decompress(exact.model.channel_conditional, streams[0], *params).to(device, torch.float32)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

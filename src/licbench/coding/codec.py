@@ -1,23 +1,12 @@
 """Image <-> bitstream with a trained model and CompressAI's rANS coder.
 
-Device independence. The decoder must derive the same CDF index for every
-symbol as the encoder did, or the rANS decoder derails. For the hyperprior
-models those indexes come from the hyper-synthesis ``h_s``: scales compared
-against the scale table. Computed in float32, on another device, with another
-thread count or batch layout, a scale that sits near a table boundary can land
-on the other side. Here ``h_s`` always runs in float64 on the CPU, on both
-sides, from a ``z_hat`` that is exact on every device (integer symbols plus
-float32 medians); a flip would need a scale within about 1e-15 of a boundary.
-The analysis transform may run anywhere (only the encoder uses it), and so may
-the synthesis (it only shapes the reconstruction, not the symbols).
-The autoregressive ``mbt2018`` computes h_s, the masked context convolution
-and the entropy parameters in float64 on the CPU too, one wavefront at a time,
-the encoder with exactly the decoder's calls (coding/autoregressive.py).
-The channel-wise models (``charm``, ``wacnn``) run h_s and every slice's
-mean, scale and residual-prediction transforms in float64 on the CPU likewise
-(coding/channelwise.py), and SegPIC adds the synthesis of its coded prototypes
-and the region-adaptive transforms of its entropy model (coding/segpic.py).
-The factorized model's indexes do not depend on data.
+This module pads, writes and reads the container (coding/container.py) and
+enforces the decoding limits; it knows no architecture by name. An
+architecture's declaration (models/registry.py) names its coding style, one
+of ``CODERS``: the style modules (hyper.py, autoregressive.py,
+channelwise.py, prototypes.py) compose the latent coders of coding/latent/,
+where the device-independence rule lives (everything that chooses a symbol's
+CDF runs in float64 on the CPU, encoder and decoder through the same calls).
 """
 
 from __future__ import annotations
@@ -31,9 +20,10 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
-from . import autoregressive, channelwise, hyper, segpic
+from . import autoregressive, channelwise, hyper, prototypes
 from .container import Bitstream
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
+from .rans import GuardedStream, guard
 
 
 def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -67,31 +57,36 @@ def model_id(ckpt: Checkpoint) -> bytes:
 
 @dataclass(frozen=True)
 class Coder:
-    """An architecture's entropy coding: ``compress(ckpt, x)`` returns
-    ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}`` and
-    ``decompress(ckpt, strings, shape)`` returns ``{"x_hat": image, "y_hat": latent}``;
-    ``y_hat`` is what g_s receives, identical on both sides."""
+    """A coding style (an architecture's declaration names one): ``compress(ckpt, x)``
+    returns ``{"strings": [[bytes], ...], "shape": latent shape, "y_hat": latent}``,
+    one entry per stream the architecture declares, and
+    ``decompress(ckpt, streams, shape)`` (coding/rans.py's guarded streams, each
+    checked to end where its symbols do) returns ``{"x_hat": image, "y_hat": latent}``;
+    ``y_hat`` is what g_s receives, identical on both sides. ``max_symbols(config,
+    height, width)`` bounds the symbols of any one stream of such an image (what
+    the guard after each stream is sized by)."""
 
     compress: Callable[[Checkpoint, torch.Tensor], dict]
     decompress: Callable[[Checkpoint, list, torch.Size], dict]
+    max_symbols: Callable[[dict, int, int], int]
 
 
 CODERS: dict[str, Coder] = {
-    "bmshj2018-factorized": Coder(hyper.factorized_compress, hyper.factorized_decompress),
-    "bmshj2018-hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress),
-    "mbt2018-mean": Coder(hyper.hyper_compress, hyper.hyper_decompress),
-    "mbt2018": Coder(autoregressive.compress, autoregressive.decompress),
-    "charm": Coder(channelwise.compress, channelwise.decompress),
-    "wacnn": Coder(channelwise.compress, channelwise.decompress),
-    "segpic": Coder(segpic.compress, segpic.decompress),
+    "factorized": Coder(hyper.factorized_compress, hyper.factorized_decompress, hyper.max_symbols),
+    "hyperprior": Coder(hyper.hyper_compress, hyper.hyper_decompress, hyper.max_symbols),
+    "wavefront": Coder(autoregressive.compress, autoregressive.decompress, hyper.max_symbols),
+    "channelwise": Coder(channelwise.compress, channelwise.decompress, hyper.max_symbols),
+    "prototypes": Coder(prototypes.compress, prototypes.decompress, prototypes.max_symbols),
 }
 
 
 def get_coder(arch: str) -> Coder:
+    style = get_architecture(arch).coder
     try:
-        return CODERS[arch]
+        return CODERS[style]
     except KeyError:
-        raise ConfigError(f"architecture '{arch}' has no entropy coder; coded: {', '.join(sorted(CODERS))}") from None
+        raise ConfigError(f"architecture '{arch}' names the coding style '{style}'; "
+                          f"known: {', '.join(sorted(CODERS))}") from None
 
 
 @torch.no_grad()
@@ -101,6 +96,8 @@ def encode(ckpt: Checkpoint, image: np.ndarray) -> tuple[Bitstream, torch.Tensor
     device = next(ckpt.model.parameters()).device
     x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
     out = get_coder(ckpt.arch).compress(ckpt, x)
+    if len(out["strings"]) != spec.n_streams:
+        raise ValueError(f"{ckpt.arch}'s coder wrote {len(out['strings'])} streams, not {spec.streams}")
     streams = []
     for strings in out["strings"]:
         if len(strings) != 1:
@@ -122,27 +119,19 @@ def compress_image(ckpt: Checkpoint, image: np.ndarray) -> Bitstream:
     return encode(ckpt, image)[0]
 
 
-def guarded_strings(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[list[bytes]]:
-    """The streams as the rANS decoder takes them, checked and padded.
+def guarded_streams(ckpt: Checkpoint, bs: Bitstream, source: str) -> list[GuardedStream]:
+    """The streams as the rANS decoder takes them, checked and guarded (coding/rans.py).
 
-    CompressAI's decoder reads 32-bit words with no end check: a damaged or
-    crafted stream makes it read past the end of its buffer. Its encoder always
-    writes whole words and at least the 8-byte final state, so anything else is
-    refused. Each stream is then followed by zero bytes: two words per latent
-    symbol plus 4 KiB. Past the real data the decoder reads zeros and consumes
-    at most one word per symbol; only its escape-code loop could read more, so
-    this is a wide margin, not a proof (bench/fuzz_bitstreams.py tests it).
+    CompressAI's encoder always writes whole 32-bit words and at least the
+    8-byte final state, so anything else is refused. The guard after each
+    stream allows two words per latent symbol plus 4 KiB.
     """
     for i, s in enumerate(bs.streams):
         if len(s) < 8 or len(s) % 4:
             raise FormatError(f"{source}: stream {i} has {len(s)} bytes; an rANS stream is a "
                               "whole number of 32-bit words, at least 2")
-    cells = -(-bs.height // 16) * -(-bs.width // 16)  # every latent here is at 1/16 or coarser
-    channels = int(ckpt.config.get("N", 0)) + int(ckpt.config.get("M", 0)) or 1024
-    # SegPIC's prototype streams: grid x grid cells of N/2 channels each.
-    symbols = cells * channels + int(ckpt.config.get("grid", 0)) ** 2 * int(ckpt.config.get("N", 0))
-    padding = bytes(4 * (2 * symbols + 1024))
-    return [[s + padding] for s in bs.streams]
+    symbols = get_coder(ckpt.arch).max_symbols(ckpt.config, bs.height, bs.width)
+    return [guard(s, 2 * symbols + 1024, f"{source}: stream {i}") for i, s in enumerate(bs.streams)]
 
 
 @torch.no_grad()
@@ -164,14 +153,15 @@ def decode(ckpt: Checkpoint, bs: Bitstream, source: str = "<bitstream>",
             "pixels (raise it with --max-pixels if the file is trusted)"
         )
     if len(bs.streams) != spec.n_streams:
-        raise FormatError(f"{source}: {len(bs.streams)} streams, {ckpt.arch} codes {spec.n_streams}")
+        raise FormatError(f"{source}: {len(bs.streams)} streams, {ckpt.arch} codes {spec.n_streams} "
+                          f"({', '.join(spec.streams)})")
     if bs.pad_multiple != spec.pad_multiple or bs.shape != expected:
         raise FormatError(
             f"{source}: latent shape {bs.shape} / padding {bs.pad_multiple} do not match a "
             f"{bs.width}x{bs.height} image for {ckpt.arch} (expected {expected} / {spec.pad_multiple})"
         )
-    strings = guarded_strings(ckpt, bs, source)
-    out = get_coder(ckpt.arch).decompress(ckpt, strings, torch.Size(bs.shape))
+    streams = guarded_streams(ckpt, bs, source)
+    out = get_coder(ckpt.arch).decompress(ckpt, streams, torch.Size(bs.shape))
     return to_uint8(out["x_hat"][..., : bs.height, : bs.width]), out["y_hat"]
 
 

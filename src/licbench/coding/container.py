@@ -23,6 +23,8 @@ MAX_SIDE = 65535
 MAX_STREAMS = 16
 MAX_NDIM = 4
 MAX_ARCH_LEN = 64
+TABLE_ENTRY = ">II"  # a stream's length and CRC-32
+CHECKSUM = ">I"  # the header's CRC-32
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,37 @@ class Bitstream:
     pad_multiple: int
     shape: tuple[int, ...]
     streams: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a valid file's fields lie: byte offsets of the image size (height,
+    width, padding), of the stream count, of the header checksum, and the
+    streams' lengths (the payload starts after the checksum)."""
+
+    size_at: int
+    count_at: int
+    checksum_at: int
+    lengths: tuple[int, ...]
+
+    @property
+    def table_at(self) -> int:
+        return self.count_at + 1
+
+    @property
+    def payload_at(self) -> int:
+        return self.checksum_at + struct.calcsize(CHECKSUM)
+
+
+def stream_table(streams) -> bytes:
+    """The stream count and table of a header."""
+    return struct.pack(">B", len(streams) % 256) + b"".join(
+        struct.pack(TABLE_ENTRY, len(s), zlib.crc32(s)) for s in streams)
+
+
+def seal_header(head: bytes) -> bytes:
+    """A header followed by its checksum."""
+    return bytes(head) + struct.pack(CHECKSUM, zlib.crc32(head))
 
 
 def encode_container(bs: Bitstream) -> bytes:
@@ -50,11 +83,8 @@ def encode_container(bs: Bitstream) -> bytes:
     head += struct.pack(">BBB", VERSION, 0, len(arch)) + arch + bs.model_id
     head += struct.pack(">IIH", bs.height, bs.width, bs.pad_multiple)
     head += struct.pack(">B", len(bs.shape)) + b"".join(struct.pack(">I", d) for d in bs.shape)
-    head += struct.pack(">B", len(bs.streams))
-    for s in bs.streams:
-        head += struct.pack(">II", len(s), zlib.crc32(s))
-    head += struct.pack(">I", zlib.crc32(head))
-    return bytes(head) + b"".join(bs.streams)
+    head += stream_table(bs.streams)
+    return seal_header(head) + b"".join(bs.streams)
 
 
 class _Reader:
@@ -73,6 +103,15 @@ class _Reader:
 
 
 def decode_container(data: bytes, source: str = "<bytes>") -> Bitstream:
+    return _decode(data, source)[0]
+
+
+def layout(data: bytes, source: str = "<bytes>") -> Layout:
+    """The field offsets of a valid file (refused as :func:`decode_container` refuses)."""
+    return _decode(data, source)[1]
+
+
+def _decode(data: bytes, source: str) -> tuple[Bitstream, Layout]:
     r = _Reader(data, source)
     if r.take(4, "magic") != MAGIC:
         raise FormatError(f"{source}: not a licbench bitstream (bad magic)")
@@ -90,17 +129,19 @@ def decode_container(data: bytes, source: str = "<bytes>") -> Bitstream:
     except UnicodeDecodeError:
         raise FormatError(f"{source}: architecture name is not ASCII") from None
     model_id = r.take(8, "model id")
+    size_at = r.pos
     height, width, pad_multiple = r.unpack(">IIH", "image size")
     (ndim,) = r.unpack(">B", "latent shape")
     if ndim > MAX_NDIM:
         raise FormatError(f"{source}: {ndim} latent dimensions (at most {MAX_NDIM})")
     shape = tuple(r.unpack(">I", "latent shape")[0] for _ in range(ndim))
+    count_at = r.pos
     (nstreams,) = r.unpack(">B", "stream count")
     if not 1 <= nstreams <= MAX_STREAMS:
         raise FormatError(f"{source}: {nstreams} streams (expected 1..{MAX_STREAMS})")
-    table = [r.unpack(">II", "stream table") for _ in range(nstreams)]
+    table = [r.unpack(TABLE_ENTRY, "stream table") for _ in range(nstreams)]
     header_end = r.pos
-    (header_crc,) = r.unpack(">I", "header checksum")
+    (header_crc,) = r.unpack(CHECKSUM, "header checksum")
     if zlib.crc32(data[:header_end]) != header_crc:
         raise FormatError(f"{source}: header checksum mismatch; the file is damaged")
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or pad_multiple == 0:
@@ -117,7 +158,8 @@ def decode_container(data: bytes, source: str = "<bytes>") -> Bitstream:
         if zlib.crc32(s) != crc:
             raise FormatError(f"{source}: stream {i} checksum mismatch; the file is damaged")
         streams.append(s)
-    return Bitstream(arch, model_id, height, width, pad_multiple, shape, tuple(streams))
+    return (Bitstream(arch, model_id, height, width, pad_multiple, shape, tuple(streams)),
+            Layout(size_at, count_at, header_end, tuple(length for length, _ in table)))
 
 
 def write_bitstream(path: str | Path, bs: Bitstream) -> int:

@@ -1,29 +1,40 @@
-"""Coders for the factorized prior and the (mean-)scale hyperprior models.
+"""The factorized and the (mean-)scale hyperprior coding styles.
 
-Each coder module offers ``compress(ckpt, x) -> dict(strings, shape, y_hat)``
-and ``decompress(ckpt, strings, shape) -> dict(x_hat, y_hat)``; ``y_hat`` is
+Each style module offers ``compress(ckpt, x) -> dict(strings, shape, y_hat)``
+and ``decompress(ckpt, streams, shape) -> dict(x_hat, y_hat)``; ``y_hat`` is
 the quantized latent fed to ``g_s`` (float32, on the model's device), so a
 test can check that the decoder rebuilt exactly what the encoder coded.
 
-The hyperprior's entropy parameters come from ``h_s`` alone, run in float64
-on the CPU on both sides (see coding/codec.py).
+The hyperprior: ``z`` factorized, ``y`` a Gaussian conditional whose
+parameters come from ``h_s`` alone (``Exact``, coding/latent). Two streams,
+``y`` then ``z``; the factorized prior codes ``y`` alone.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..models import Checkpoint
-
-# name -> whether h_s also predicts means (mean-scale) and h_a takes |y|.
-HYPER = {"bmshj2018-hyperprior": {"means": False, "abs_y": True},
-         "mbt2018-mean": {"means": True, "abs_y": False}}
+from ..models import Checkpoint, get_architecture
+from .latent import Exact, factorized, gaussian
 
 
-def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor):
+def options(ckpt: Checkpoint) -> dict:
+    """The architecture's hyperprior options: ``means`` (h_s also predicts the
+    means: mean-scale) and ``abs_y`` (h_a takes |y|)."""
+    return get_architecture(ckpt.arch).coder_options
+
+
+def max_symbols(config: dict, height: int, width: int) -> int:
+    """At most the symbols of one stream of a ``height x width`` image: ``y``
+    at 1/16 with M channels, or ``z`` at 1/64 with N (counted together)."""
+    cells = -(-height // 16) * -(-width // 16)
+    return cells * (int(config.get("N", 0)) + int(config.get("M", 0)) or 1024)
+
+
+def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor, exact: Exact | None = None):
     """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
-    params = ckpt.float64_cpu().h_s(z_hat.to("cpu", torch.float64))
-    if HYPER[ckpt.arch]["means"]:
+    params = (exact or Exact(ckpt)).call("h_s", z_hat)
+    if options(ckpt)["means"]:
         scales, means = params.chunk(2, 1)
         return scales, means
     return params, None
@@ -34,26 +45,20 @@ def _device(ckpt: Checkpoint) -> torch.device:
 
 
 def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
-    model = ckpt.model
+    model, exact = ckpt.model, Exact(ckpt)
     y = model.g_a(x)
-    z = model.h_a(torch.abs(y) if HYPER[ckpt.arch]["abs_y"] else y)
-    z_strings = model.entropy_bottleneck.compress(z)
-    z_hat = model.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-    scales, means = entropy_parameters(ckpt, z_hat)
-    gc = model.gaussian_conditional
-    indexes = gc.build_indexes(scales)
-    y64 = y.to("cpu", torch.float64)
-    y_strings = gc.compress(y64, indexes, means=means)
-    y_hat = gc.quantize(y64, "dequantize", means)
+    z = model.h_a(torch.abs(y) if options(ckpt)["abs_y"] else y)
+    z_strings, z_hat = factorized.compress(model.entropy_bottleneck, z)
+    scales, means = entropy_parameters(ckpt, z_hat, exact)
+    y_strings, y_hat = gaussian.compress(model.gaussian_conditional, exact(y), scales, means)
     return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
 
 
-def hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+def hyper_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    z_hat = factorized.decompress(model.entropy_bottleneck, streams[1], shape)
     scales, means = entropy_parameters(ckpt, z_hat)
-    gc = model.gaussian_conditional
-    y_hat = gc.decompress(strings[0], gc.build_indexes(scales), dtype=torch.float64, means=means)
+    y_hat = gaussian.decompress(model.gaussian_conditional, streams[0], scales, means)
     y_hat = y_hat.to(_device(ckpt), torch.float32)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
 
@@ -61,13 +66,11 @@ def hyper_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict
 def factorized_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     model = ckpt.model
     y = model.g_a(x)
-    eb = model.entropy_bottleneck
-    strings = eb.compress(y)
-    y_hat = eb.decompress(strings, y.shape[-2:])
+    strings, y_hat = factorized.compress(model.entropy_bottleneck, y)
     return {"strings": [strings], "shape": y.shape[-2:], "y_hat": y_hat}
 
 
-def factorized_decompress(ckpt: Checkpoint, strings: list, shape: torch.Size) -> dict:
+def factorized_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    y_hat = model.entropy_bottleneck.decompress(strings[0], shape)
+    y_hat = factorized.decompress(model.entropy_bottleneck, streams[0], shape)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

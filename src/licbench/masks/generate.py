@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import FallbackConfig, MasksConfig, SamConfig, resolve_device
+from ..digests import weights_digest
 from ..errors import CheckpointError, ConfigError, DownloadError
 from ..fileio import load_tensors
 from .rle import encode_rle
@@ -197,18 +198,6 @@ def load_sam(model_type: str, checkpoint: str | Path, build: Callable[[], object
     return model.eval()
 
 
-def weights_digest(model) -> str:
-    """sha256 over a model's state dict (names, shapes, dtypes, bytes)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def make_sam(model, settings: dict, device: str, weights_sha256: str | None = None,
              requested: str = "sam") -> Segmenter:
     """A Segmenter around an already-built SAM model (checkpoint or random weights)."""
@@ -232,7 +221,7 @@ def make_sam(model, settings: dict, device: str, weights_sha256: str | None = No
         masks = [mask_record(m["segmentation"], m["predicted_iou"], m["stability_score"]) for m in out]
         return canonical_order(masks, settings["min_region_area"])
 
-    full = dict(settings, weights_sha256=weights_sha256 or weights_digest(model),
+    full = dict(settings, weights_sha256=weights_sha256 or weights_digest(model.state_dict()),
                 image_size=int(model.image_encoder.img_size))
     return Segmenter(name=f"sam-{settings['model_type']}", settings=full, segment=segment,
                      requested=requested)

@@ -1,94 +1,29 @@
 """Architectures by name, and checkpoints that load without unpickling code.
 
-CompressAI's reference architectures are used as they are; ChARM and WACNN,
-not in CompressAI, are written here on its layers and entropy models
-(channelwise.py, charm.py, wacnn.py). Each entry records the constructor and
-the spatial factor an input must be a multiple of.
+Each architecture declares itself in its own module (registry.py):
+CompressAI's reference models as they are (bmshj2018.py, mbt2018.py); ChARM,
+WACNN and SegPIC, not in CompressAI, written here on its layers and entropy
+models (channelwise.py, charm.py, wacnn.py, segpic.py).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
-from compressai.models import (
-    FactorizedPrior,
-    JointAutoregressiveHierarchicalPriors,
-    MeanScaleHyperprior,
-    ScaleHyperprior,
-)
 
+from ..digests import weights_digest  # noqa: F401  (re-exported)
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, load_tensors
-from .charm import ChARM
-from .segpic import SegPIC
-from .wacnn import WACNN
+# Each module declares its architectures; imported in the papers' order, the registry's.
+from . import bmshj2018, mbt2018, charm, wacnn, segpic  # noqa: F401, I001
+from .registry import ARCHITECTURES, Architecture, get_architecture  # noqa: F401
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    build: Callable[..., torch.nn.Module]
-    config_keys: tuple[str, ...]
-    pad_multiple: int  # total downsampling of the analysis and hyper-analysis transforms
-    n_streams: int  # entropy-coded streams per image (latent, hyper-latent, ...)
-    reference: str
-    # The config key (0/1) that says whether training feeds region partitions
-    # (the masks stage's) to forward(x, partition); None: never.
-    partition_key: str | None = None
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a
-    for a in (
-        Architecture(
-            "bmshj2018-factorized", FactorizedPrior, ("N", "M"), 16, 1,
-            "Balle, Minnen, Singh, Hwang, Johnston, ICLR 2018 (factorized prior)",
-        ),
-        Architecture(
-            "bmshj2018-hyperprior", ScaleHyperprior, ("N", "M"), 64, 2,
-            "Balle, Minnen, Singh, Hwang, Johnston, ICLR 2018 (scale hyperprior)",
-        ),
-        Architecture(
-            "mbt2018-mean", MeanScaleHyperprior, ("N", "M"), 64, 2,
-            "Minnen, Balle, Toderici, NeurIPS 2018 (mean-scale hyperprior)",
-        ),
-        Architecture(
-            "mbt2018", JointAutoregressiveHierarchicalPriors, ("N", "M"), 64, 2,
-            "Minnen, Balle, Toderici, NeurIPS 2018 (joint autoregressive and hierarchical priors)",
-        ),
-        Architecture(
-            "charm", ChARM, ("N", "M"), 64, 2,
-            "Minnen, Singh, ICIP 2020 (channel-wise autoregressive entropy model, ChARM)",
-        ),
-        Architecture(
-            "wacnn", WACNN, ("N", "M"), 64, 2,
-            "Zou, Song, Zhang, CVPR 2022 (window-based attention CNN, channel-wise entropy model)",
-        ),
-        Architecture(
-            "segpic", SegPIC, ("N", "M", "grid", "use_mask"), 64, 4,
-            "Liu, Yang, Bai, Wei, Zhao, ECCV 2024 (region-adaptive transform with segmentation prior)",
-            partition_key="use_mask",
-        ),
-    )
-}
-
-
-def get_architecture(name: str) -> Architecture:
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown architecture '{name}'; known: {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
 
 
 def trains_with_partition(arch: str, config: dict) -> bool:
@@ -109,16 +44,6 @@ def build_model(arch: str, config: dict) -> torch.nn.Module:
     return spec.build(**{k: int(config[k]) for k in spec.config_keys})
 
 
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over parameter names, dtypes, shapes and values, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class Checkpoint:
     arch: str
@@ -135,7 +60,7 @@ class Checkpoint:
 
     def float64_cpu(self) -> torch.nn.Module:
         """A float64 copy of the model on the CPU (made once): what computes the
-        entropy parameters, identically on every machine (see coding/codec.py)."""
+        entropy parameters, identically on every machine (coding/latent: ``Exact``)."""
         if self._float64_cpu is None:
             self._float64_cpu = copy.deepcopy(self.model).to("cpu", torch.float64).eval()
         return self._float64_cpu

@@ -15,7 +15,8 @@ in WACNN's repository (``cc_mean_transforms``, ``cc_scale_transforms``,
 0.11 to 256), as in that port, where ms2020 predicts a scale index.
 
 All slices of one image go into one rANS stream, in slice order, as in WACNN's
-reference code: the decoder reads the slices back in the same order.
+reference code: the decoder reads the slices back in the same order
+(coding/latent/slices.py codes them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import GaussianConditional
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
@@ -83,57 +83,10 @@ class ChannelConditional(nn.Module):
             y_hat_slices.append(y_hat_slice + self.residual_prediction(i, mean_support, y_hat_slice))
         return torch.cat(y_hat_slices, dim=1), torch.cat(likelihoods, dim=1)
 
-    def _tables(self) -> tuple[list, list, list]:
-        gc = self.gaussian_conditional
-        return (gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(),
-                gc.offset.reshape(-1).int().tolist())
-
-    @torch.no_grad()
-    def compress(self, y: Tensor, latent_means: Tensor, latent_scales: Tensor) -> tuple[list[bytes], Tensor]:
-        """One rANS string per image of the batch, and the y_hat the decoder rebuilds."""
-        gc = self.gaussian_conditional
-        symbols, indexes, y_hat_slices = [], [], []
-        for i, y_slice in enumerate(y.chunk(self.num_slices, dim=1)):
-            mu, scale, mean_support = self.slice_parameters(i, latent_means, latent_scales, y_hat_slices)
-            indexes.append(gc.build_indexes(scale).flatten(1))
-            y_q = gc.quantize(y_slice, "symbols", mu)
-            symbols.append(y_q.flatten(1))
-            y_hat_slice = gc.dequantize(y_q, mu)
-            y_hat_slices.append(y_hat_slice + self.residual_prediction(i, mean_support, y_hat_slice))
-        symbols, indexes = torch.cat(symbols, dim=1), torch.cat(indexes, dim=1)
-        strings = []
-        for b in range(y.size(0)):
-            encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(symbols[b].tolist(), indexes[b].tolist(), *self._tables())
-            strings.append(encoder.flush())
-        return strings, torch.cat(y_hat_slices, dim=1)
-
-    @torch.no_grad()
-    def decompress(self, strings: list[bytes], latent_means: Tensor, latent_scales: Tensor) -> Tensor:
-        """y_hat from the strings of :meth:`compress`; y has the spatial size of the
-        hyper-synthesis features."""
-        gc = self.gaussian_conditional
-        tables = self._tables()
-        decoders = []
-        for s in strings:
-            decoders.append(RansDecoder())
-            decoders[-1].set_stream(s)
-        y_hat_slices = []
-        for i in range(self.num_slices):
-            mu, scale, mean_support = self.slice_parameters(i, latent_means, latent_scales, y_hat_slices)
-            index = gc.build_indexes(scale)
-            y_q = torch.stack([
-                torch.tensor(d.decode_stream(index[b].reshape(-1).tolist(), *tables), dtype=torch.int32)
-                for b, d in enumerate(decoders)
-            ]).reshape(mu.shape).to(mu.device)
-            y_hat_slice = gc.dequantize(y_q, mu)
-            y_hat_slices.append(y_hat_slice + self.residual_prediction(i, mean_support, y_hat_slice))
-        return torch.cat(y_hat_slices, dim=1)
-
 
 class ChannelwiseHyperprior(CompressionModel):
-    """A mean-scale hyperprior whose ``y`` is coded slice by slice: the three
-    verbs shared by ChARM and WACNN.
+    """A mean-scale hyperprior whose ``y`` is coded slice by slice: the training
+    pass shared by ChARM and WACNN (coding/channelwise.py codes them).
 
     A subclass builds ``g_a``, ``g_s``, ``h_a``, ``h_mean_s``, ``h_scale_s``,
     ``entropy_bottleneck`` (for ``z``) and ``channel_conditional`` (for ``y``).
@@ -161,19 +114,3 @@ class ChannelwiseHyperprior(CompressionModel):
         z_hat = quantize_ste(z - z_offset) + z_offset
         y_hat, y_likelihoods = self.channel_conditional(y, *self.hyper_synthesis(z_hat, y.shape[-2:]))
         return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
-
-    @torch.no_grad()
-    def compress(self, x: Tensor) -> dict:
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        y_strings, _ = self.channel_conditional.compress(y, *self.hyper_synthesis(z_hat, y.shape[-2:]))
-        return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
-
-    @torch.no_grad()
-    def decompress(self, strings: list, shape) -> dict:
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
-        y_hat = self.channel_conditional.decompress(strings[0], *self.hyper_synthesis(z_hat, y_size))
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}

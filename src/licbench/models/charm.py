@@ -20,6 +20,7 @@ from compressai.models.utils import conv, deconv
 from torch import nn
 
 from .channelwise import ChannelConditional, ChannelwiseHyperprior
+from .registry import Architecture, register
 
 
 def slice_transform(in_channels: int, out_channels: int, M: int) -> nn.Sequential:
@@ -76,3 +77,10 @@ class ChARM(ChannelwiseHyperprior):
             deconv(N, mid), nn.ReLU(inplace=True),
             conv(mid, M, kernel_size=3, stride=1), nn.ReLU(inplace=True),
         )
+
+
+ARCHITECTURE = register(Architecture(
+    "charm", ChARM, ("N", "M"), pad_multiple=64, streams=("y", "z"), coder="channelwise",
+    reference="Minnen, Singh, ICIP 2020 (channel-wise autoregressive entropy model, ChARM)",
+    paper={"N": 192, "M": 320}, tiny={"N": 16, "M": 40},  # M: 10 slices
+))

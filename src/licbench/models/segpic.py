@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .channelwise import ChannelConditional
+from .registry import Architecture, register
 from .wacnn import WindowAttentionBlock, hyper_analysis_transform, hyper_synthesis_transform, slice_transform
 
 # --- regions, MAP and expansion ---------------------------------------------
@@ -235,8 +236,8 @@ class SegPIC(CompressionModel):
 
     ``forward(x, partition)`` trains with a (B, H, W) partition of the image
     (region ids per sample; the masks stage's), downsampled by nearest
-    neighbour to 1/4 and 1/16; without one, and always in ``compress`` /
-    ``decompress``, the uniform ``grid x grid`` partition is used. ``use_mask``
+    neighbour to 1/4 and 1/16; without one, and always when coding
+    (coding/prototypes.py), the uniform ``grid x grid`` partition is used. ``use_mask``
     (0/1) records whether training gave partitions (the paper's ablation
     trains on the grid); the model itself runs either way.
 
@@ -329,63 +330,23 @@ class SegPIC(CompressionModel):
             "y": y_likelihoods, "z": z_likelihoods,
             "prototypes1": prototypes1_likelihoods, "prototypes2": prototypes2_likelihoods}}
 
-    def _grid_prototypes(self, coder: PrototypeCoder, features: Tensor) -> tuple[list[bytes], Tensor]:
-        """Pool ``features`` over the grid, code the latents: (strings, decoded latents)."""
+    def grid_pool(self, features: Tensor) -> Tensor:
+        """MAP over the uniform grid: (B, C, grid, grid) prototypes of ``features``,
+        the layout their latents are coded in."""
         ids, valid = grid_regions(features.size(0), *features.shape[-2:], self.grid, features.device)
-        pooled = grid_map(masked_average_pool(features, ids, valid.shape[1]), self.grid)
-        eb = coder.entropy_bottleneck
-        strings = eb.compress(coder.g_a(pooled))
-        return strings, eb.decompress(strings, (self.grid, self.grid))
+        return grid_map(masked_average_pool(features, ids, valid.shape[1]), self.grid)
 
-    def _expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
+    def expand_grid(self, prototypes: Tensor, size: tuple[int, int]) -> Tensor:
         """(B, C, grid, grid) decoded prototypes -> (B, C, h, w) over the grid's cells."""
         ids, _ = grid_regions(prototypes.size(0), *size, self.grid, prototypes.device)
         return expand_prototypes(grid_rows(prototypes), ids)
 
-    @torch.no_grad()
-    def compress(self, x: Tensor, entropy: "SegPIC | None" = None) -> dict:
-        """Four streams per image: ``y`` (every slice), ``z``, the level-1 and the
-        level-2 prototype latents (``grid x grid`` each); ``shape`` is ``z``'s.
 
-        ``entropy`` computes what the decoder must reproduce bit for bit: the
-        level-2 prototypes' synthesis, h_s, the entropy model's RATs and the
-        slices (coding/segpic.py passes the float64 CPU copy); default: self.
-        Returns the decoder's ``y_hat`` too.
-        """
-        ep = entropy if entropy is not None else self
-        param = next(ep.parameters())
-        y1 = self.g_a1(x)
-        strings1, latents1 = self._grid_prototypes(self.prototype_coder1, y1)
-        prototypes1 = self.prototype_coder1.g_s(latents1)
-        y = self.g_a2(self.rat_encoder(y1, self._expand_grid(prototypes1, y1.shape[-2:])))
-
-        strings2, latents2 = self._grid_prototypes(self.prototype_coder2, y)
-        prototypes2 = ep.prototype_coder2.g_s(latents2.to(param))
-        expanded2 = ep._expand_grid(prototypes2, y.shape[-2:])
-        z = self.h_a(self.rat_hyper_encoder(y, expanded2.to(y)))
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-
-        params = ep.entropy_parameters(z_hat.to(param), y.shape[-2:], expanded2)
-        y_strings, y_hat = ep.channel_conditional.compress(y.to(param), *params)
-        return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:],
-                "y_hat": y_hat.to(x)}
-
-    @torch.no_grad()
-    def decompress(self, strings: list, shape, entropy: "SegPIC | None" = None) -> dict:
-        """The image (and ``y_hat``) from :meth:`compress`'s strings and ``z``'s shape."""
-        ep = entropy if entropy is not None else self
-        param, device = next(ep.parameters()), next(self.parameters()).device
-        grid = (self.grid, self.grid)
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        latents1 = self.prototype_coder1.entropy_bottleneck.decompress(strings[2], grid)
-        latents2 = self.prototype_coder2.entropy_bottleneck.decompress(strings[3], grid)
-        y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
-        expanded2 = ep._expand_grid(ep.prototype_coder2.g_s(latents2.to(param)), y_size)
-        params = ep.entropy_parameters(z_hat.to(param), y_size, expanded2)
-        y_hat = ep.channel_conditional.decompress(strings[0], *params).to(device, torch.float32)
-
-        features = self.g_s0(y_hat)
-        prototypes1 = self.prototype_coder1.g_s(latents1)
-        x_hat = self.g_s1(self.rat_decoder(features, self._expand_grid(prototypes1, features.shape[-2:])))
-        return {"x_hat": x_hat.clamp_(0, 1), "y_hat": y_hat}
+ARCHITECTURE = register(Architecture(
+    "segpic", SegPIC, ("N", "M", "grid", "use_mask"), pad_multiple=64,
+    streams=("y", "z", "prototypes1", "prototypes2"), coder="prototypes",
+    reference="Liu, Yang, Bai, Wei, Zhao, ECCV 2024 (region-adaptive transform with segmentation prior)",
+    paper={"N": 192, "M": 320, "grid": 4, "use_mask": 1},
+    tiny={"N": 16, "M": 40, "grid": 4, "use_mask": 1},
+    partition_key="use_mask",
+))

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .channelwise import ChannelConditional, ChannelwiseHyperprior
+from .registry import Architecture, register
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:
@@ -217,3 +218,10 @@ class WACNN(ChannelwiseHyperprior):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.channel_conditional = ChannelConditional(
             M, num_slices, max_support_slices, lambda i, o: slice_transform(i, o, M))
+
+
+ARCHITECTURE = register(Architecture(
+    "wacnn", WACNN, ("N", "M"), pad_multiple=64, streams=("y", "z"), coder="channelwise",
+    reference="Zou, Song, Zhang, CVPR 2022 (window-based attention CNN, channel-wise entropy model)",
+    paper={"N": 192, "M": 320}, tiny={"N": 16, "M": 40},  # 10 slices; 8 attention heads
+))

@@ -1,0 +1,51 @@
+"""Latent coders: the pieces an architecture's coding style composes.
+
+``factorized`` (a latent with fixed CDFs: CompressAI's entropy bottleneck),
+``gaussian`` (a scale or mean-scale Gaussian conditional, parameters given),
+``wavefront`` (mbt2018's masked context, one anti-diagonal at a time) and
+``slices`` (the channel-conditional slices of ChARM, WACNN and SegPIC). Each
+offers ``compress`` (strings and the latent the decoder will rebuild) and
+``decompress`` (a guarded stream, coding/rans.py, checked to its end). The
+training pass of the same entropy models stays with the models: what decodes
+a stream does not change what a model learns.
+
+Device independence. The decoder must derive the same CDF index for every
+symbol as the encoder did, or the rANS decoder derails. Those indexes come
+from networks (a hyper-synthesis compared against the scale table, a context
+model, slice transforms); computed in float32, on another device, with
+another thread count or batch layout, a scale near a table boundary can land
+on the other side. So everything that chooses a symbol's CDF runs through
+:class:`Exact`: in float64, on the CPU, on a float64 copy of the model, the
+encoder and the decoder through the same calls, from inputs that are exact on
+every device (integer symbols plus float32 medians); a flip would need a
+scale within about 1e-15 of a boundary. The analysis transform may run
+anywhere (only the encoder uses it), and so may the synthesis (it only shapes
+the reconstruction, not the symbols). Fixed CDFs (``factorized``) do not
+depend on data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT64 = torch.float64
+
+
+class Exact:
+    """The one place the float64-on-CPU rule is applied: ``exact(t)`` is ``t``
+    as the entropy parameters take it, ``exact.model`` the checkpoint's float64
+    CPU copy that computes them, ``exact.call(name, ...)`` one of its methods on
+    exact inputs (tensors converted, other arguments as they are)."""
+
+    def __init__(self, ckpt):
+        self.model = ckpt.float64_cpu()
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to("cpu", FLOAT64)
+
+    def call(self, name: str, *args):
+        return getattr(self.model, name)(*(self(a) if isinstance(a, torch.Tensor) else a for a in args))
+
+    def module(self, name: str) -> torch.nn.Module:
+        """A submodule of the float64 copy (dotted name), for coders that hold one."""
+        return self.model.get_submodule(name)
