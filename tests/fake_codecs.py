@@ -6,7 +6,6 @@ so the anchors' wrappers can be tested end to end without the real binaries.
 Each writes the command line it got to $FAKE_CODEC_LOG.
 """
 
-import os
 import stat
 import sys
 from pathlib import Path
