@@ -28,6 +28,13 @@ def exp_show_command() -> list[str]:
     return command
 
 
+def test_readme_gives_the_same_command():
+    command = " ".join(shlex.quote(w) for w in exp_show_command())
+    readme = [shlex.split(line) for line in (REPO / "README.md").read_text().splitlines()
+              if line.startswith("dvc exp show")]
+    assert [" ".join(shlex.quote(w) for w in r) for r in readme] == [command]
+
+
 def options(command: list[str], name: str) -> list[str]:
     return [command[i + 1] for i, word in enumerate(command) if word == name]
 
@@ -61,7 +68,7 @@ def check_exp_show(dvc: str, repo, env, *, models: list[str], expected: list[str
     assert widest(natural) <= WIDTH, f"dvc exp show is {widest(natural)} columns wide:\n{natural}"
     assert out[WIDTH] == natural and "…" not in natural
     header = natural.splitlines()[1].split()
-    for name in ["Experiment", "lambdas", *expected,
+    for name in ["Experiment", "lambdas", "archs", *expected,
                  *(f"{m}.{k}" for m in models for k in ("bpp", "psnr"))]:
         assert name in header, f"no column {name} in:\n{natural}"
     for dropped in ("Created", "bpp_est", "ms_ssim", "enc_s", "dec_s", "src/", "stages/"):
@@ -81,17 +88,17 @@ def test_the_documented_command_keeps_and_drops_the_intended_columns():
     def shown(col):
         return bool(keep.match(col)) or not drop.match(col)
 
-    for col in ("lambdas", "train.steps", "Experiment", "mbt2018-mean-0.01.bpp",
-                "mbt2018-mean-0.01.psnr", "bd_rate.mbt2018-mean.jpeg", "bd_psnr.mbt2018-mean.pub_vtm",
-                "bd_rate.charm.pub_vtm", "data/report/kodak/metrics.json:mbt2018-mean-0.01.psnr"):
+    for col in ("lambdas", "archs", "train.steps", "Experiment", "mbt2018-mean-0.01.bpp",
+                "mbt2018-mean-0.01.psnr", "bd_rate.mbt2018-mean.jpeg", "bd_rate.charm.jpeg",
+                "data/report/kodak/metrics.json:mbt2018-mean-0.01.psnr"):
         assert shown(col), col
     for col in ("Created", "mbt2018-mean-0.01.bpp_est", "mbt2018-mean-0.01.ms_ssim",
                 "mbt2018-mean-0.01.enc_s", "mbt2018-mean-0.01.dec_s", "bd_rate.mbt2018-mean.webp",
+                "bd_psnr.mbt2018-mean.jpeg", "bd_psnr.mbt2018-mean.pub_vtm", "bd_rate.mbt2018-mean.pub_vtm",
+                "bd_rate_ms_ssim.mbt2018-mean.jpeg", "bd_rate_jpeg_ai.mbt2018-mean.jpeg",
                 "bd_psnr.mbt2018-mean.pub_charm", "bd_rate.mbt2018-mean.jpeg2000",
                 "src/licbench/report", "stages/report.py", "data/metrics/kodak",
                 "models/mbt2018-mean-0.01/checkpoint.pt", "data/kodak"):
         assert not shown(col), col
     # --keep names whole columns: not every parameter whose name starts so.
     assert not keep.match("architectures.mbt2018-mean.N") and not keep.match("lambdas_old")
-    # archs is no dependency: a column when experiments differ in it (--only-changed).
-    assert not drop.match("archs")
