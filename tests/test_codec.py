@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive, channelwise, prototypes
+from licbench.coding import autoregressive, channelwise, prototypes, scctx
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -69,6 +69,8 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
             expected = prototypes.compress(ckpt, x)["y_hat"]
         elif ARCHITECTURES[arch].coder == "channelwise":
             expected = channelwise.compress(ckpt, x)["y_hat"]
+        elif ARCHITECTURES[arch].coder == "scctx":
+            expected = scctx.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)
     # Entropy coding is lossless: the decoder sees exactly the encoder's latent.

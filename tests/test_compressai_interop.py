@@ -7,6 +7,7 @@ import torch
 from compressai.models import (
     Cheng2020Anchor,
     Cheng2020Attention,
+    Elic2022Official,
     FactorizedPrior,
     JointAutoregressiveHierarchicalPriors,
     MeanScaleHyperprior,
@@ -18,7 +19,7 @@ from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to
 from licbench.data.images import load_rgb8
 from licbench.errors import CheckpointError, ConfigError
 from licbench.metrics import psnr
-from licbench.models import get_architecture, import_compressai, load_checkpoint
+from licbench.models import build_model, get_architecture, import_compressai, load_checkpoint
 
 COMPRESSAI = {
     "bmshj2018-factorized": FactorizedPrior,
@@ -27,8 +28,10 @@ COMPRESSAI = {
     "mbt2018": JointAutoregressiveHierarchicalPriors,
     "cheng2020-anchor": Cheng2020Anchor,
     "cheng2020-attn": Cheng2020Attention,
+    "elic": Elic2022Official,
 }
-SIZES = {"cheng2020-anchor": {"N": 16}, "cheng2020-attn": {"N": 16}}  # M = N; the others N=16, M=24
+# Cheng2020: M = N; ELIC's channel groups take 128 channels and M - 128; the others N=16, M=24.
+SIZES = {"cheng2020-anchor": {"N": 16}, "cheng2020-attn": {"N": 16}, "elic": {"N": 16, "M": 136}}
 
 
 def compressai_model(arch, seed=0):
@@ -93,6 +96,11 @@ def test_wrong_architecture_or_size_is_refused(tmp_path):
         import_compressai(tmp_path / "anchor.pth", "cheng2020-attn", 0.01, tmp_path / "out.pt")
     with pytest.raises(ConfigError, match="'cheng2020-anchor' takes N, not M"):
         import_compressai(tmp_path / "anchor.pth", "cheng2020-anchor", 0.01, tmp_path / "out.pt", {"M": 16})
+    torch.save(compressai_model("elic").state_dict(), tmp_path / "elic.pth")
+    with pytest.raises(CheckpointError, match="elic.pth: the weights have M=136, not 320"):
+        import_compressai(tmp_path / "elic.pth", "elic", 0.01, tmp_path / "out.pt", {"M": 320})
+    with pytest.raises(ConfigError, match="elic: M=128 leaves no channel for the last group"):
+        build_model("elic", {"N": 16, "M": 128})
     torch.save({"weights": [1, 2]}, tmp_path / "junk.pth")
     with pytest.raises(CheckpointError, match="junk.pth: not a state dict"):
         import_compressai(tmp_path / "junk.pth", "mbt2018", 0.01, tmp_path / "out.pt")

@@ -20,7 +20,7 @@ from ..digests import weights_digest  # noqa: F401  (re-exported)
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, load_tensors
 # Each module declares its architectures; imported in the papers' order, the registry's.
-from . import bmshj2018, mbt2018, cheng2020, charm, wacnn, segpic  # noqa: F401, I001
+from . import bmshj2018, mbt2018, cheng2020, charm, elic, wacnn, segpic  # noqa: F401, I001
 from .registry import ARCHITECTURES, Architecture, get_architecture  # noqa: F401
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
