@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from licbench.coding import autoregressive, channelwise, prototypes
+from licbench.coding import autoregressive, channelwise, prototypes, scctx
 from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
@@ -63,12 +63,14 @@ def test_round_trip_through_the_container(arch, crop, tmp_path):
     assert decoded.shape == crop.shape and decoded.dtype == np.uint8
     x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
     with torch.no_grad():
-        if arch == "mbt2018":
+        if ARCHITECTURES[arch].coder == "wavefront":
             expected = autoregressive.compress(ckpt, x)["y_hat"]
         elif arch == "segpic":
             expected = prototypes.compress(ckpt, x)["y_hat"]
         elif ARCHITECTURES[arch].coder == "channelwise":
             expected = channelwise.compress(ckpt, x)["y_hat"]
+        elif ARCHITECTURES[arch].coder == "scctx":
+            expected = scctx.compress(ckpt, x)["y_hat"]
         else:
             expected = encoder_side_latent(ckpt, x)
     # Entropy coding is lossless: the decoder sees exactly the encoder's latent.
@@ -143,7 +145,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
-@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior", "mbt2018"])
+@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior", "mbt2018", "cheng2020-attn"])
 def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_path):
     ckpt = tiny_checkpoint(arch, tmp_path)
     threads = torch.get_num_threads()
@@ -152,7 +154,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
         bs = compress_image(ckpt, crop)
         x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
         with torch.no_grad():
-            expected = (autoregressive.compress(ckpt, x)["y_hat"] if arch == "mbt2018"
+            expected = (autoregressive.compress(ckpt, x)["y_hat"] if ARCHITECTURES[arch].coder == "wavefront"
                         else encoder_side_latent(ckpt, x))
         torch.set_num_threads(2)
         captured = []
@@ -166,7 +168,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(captured[0], expected)
-    if arch == "mbt2018":
+    if ARCHITECTURES[arch].coder == "wavefront":
         return  # its coder's batch layout is fixed by the wavefront: tests/test_wavefront.py
     # The same z_hat inside a batch of two gives the same scales and means.
     with torch.no_grad():

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -379,3 +380,22 @@ def test_every_reduction_hands_the_collective_a_tensor_on_the_groups_device(wher
             run(tmp_path, config(**SETTINGS), state=False)
     # float64: the validation's sums over many crops
     assert seen == [(torch.device("meta"), torch.float64 if where == "validation" else torch.float32)]
+
+
+def test_training_batches_are_contiguous_and_cheng2020_trains_on_them():
+    """Batches in contiguous N x C x H x W (the permuted stack's channels-last
+    strides crash the backward pass of Cheng2020's strided 1x1 convolution in
+    torch 2.14 on the CPU); a Cheng2020 step runs forward and backward on one."""
+    from licbench.data.crops import PartitionedCrops
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (80, 96, 3), dtype=np.uint8) for _ in range(2)]
+    x = RandomCrops(images, 64, seed=0).batch(2)
+    assert x.shape == (2, 3, 64, 64) and x.is_contiguous()
+    parts = [np.zeros(im.shape[:2], dtype=np.int32) for im in images]
+    assert PartitionedCrops(images, parts, 64, seed=0).batch(2)[0].is_contiguous()
+    torch.manual_seed(0)
+    model = build_model("cheng2020-anchor", {"N": 16}).train()
+    for _ in range(3):
+        out = model(x)
+        (out["x_hat"].mean() - sum(torch.log2(v).mean() for v in out["likelihoods"].values())).backward()

@@ -262,12 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the licbench checkpoint OUT from STATE_DICT, a file saved "
                                    "from a CompressAI model (torch.save(model.state_dict()), a "
                                    "training checkpoint with a 'state_dict' entry, or a zoo "
-                                   "download). N and M are read from the weights; CDF tables are "
+                                   "download). N (and M) are read from the weights; CDF tables are "
                                    "built if the file has none.")
     p.add_argument("state_dict", type=Path, metavar="STATE_DICT")
     p.add_argument("output", type=Path, metavar="OUT")
     p.add_argument("--arch", required=True,
-                   help="the CompressAI architecture, by licbench's name (mbt2018, mbt2018-mean, ...)")
+                   help="the CompressAI architecture, by licbench's name (mbt2018, mbt2018-mean, "
+                        "cheng2020-anchor, ...)")
     p.add_argument("--lmbda", required=True, type=float,
                    help="the lambda the weights were trained for (zoo quality 1-8: 0.0018, 0.0035, "
                         "0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)")

@@ -55,7 +55,10 @@ CONFIGS = {
     "bmshj2018-hyperprior": {"N": 8, "M": 12},
     "mbt2018-mean": {"N": 8, "M": 12},
     "mbt2018": {"N": 8, "M": 12},
+    "cheng2020-anchor": {"N": 8},
+    "cheng2020-attn": {"N": 8},
     "charm": {"N": 8, "M": 20},
+    "elic": {"N": 8, "M": 136},  # groups 16, 16, 32, 64 and M - 128
     "wacnn": {"N": 8, "M": 40},
     "segpic": {"N": 8, "M": 40, "grid": 4, "use_mask": 1},
 }

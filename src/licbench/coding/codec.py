@@ -4,7 +4,7 @@ This module pads, writes and reads the container (coding/container.py) and
 enforces the decoding limits; it knows no architecture by name. An
 architecture's declaration (models/registry.py) names its coding style, one
 of ``CODERS``: the style modules (hyper.py, autoregressive.py,
-channelwise.py, prototypes.py) compose the latent coders of coding/latent/,
+channelwise.py, prototypes.py, scctx.py) compose the latent coders of coding/latent/,
 where the device-independence rule lives (everything that chooses a symbol's
 CDF runs in float64 on the CPU, encoder and decoder through the same calls).
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, FormatError, ModelMismatchError
 from ..models import Checkpoint, get_architecture
-from . import autoregressive, channelwise, hyper, prototypes
+from . import autoregressive, channelwise, hyper, prototypes, scctx
 from .container import Bitstream
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
 from .rans import GuardedStream, guard
@@ -77,6 +77,7 @@ CODERS: dict[str, Coder] = {
     "wavefront": Coder(autoregressive.compress, autoregressive.decompress, hyper.max_symbols),
     "channelwise": Coder(channelwise.compress, channelwise.decompress, hyper.max_symbols),
     "prototypes": Coder(prototypes.compress, prototypes.decompress, prototypes.max_symbols),
+    "scctx": Coder(scctx.compress, scctx.decompress, hyper.max_symbols),
 }
 
 

@@ -86,7 +86,11 @@ class RandomCrops:
             left = self._randint(im.shape[1] - self.crop + 1)
             if i % world == rank:
                 patches.append(im[top:top + self.crop, left:left + self.crop])
-        x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
+        # Contiguous N x C x H x W, not the channels-last strides of the permuted
+        # stack: in torch 2.14 on the CPU, the backward pass of a strided 1x1
+        # convolution (Cheng2020's ResidualBlockWithStride skip) on such an
+        # input corrupts the heap.
+        x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous()
         return x.float().div_(255.0)
 
 
@@ -132,7 +136,7 @@ class PartitionedCrops(RandomCrops):
                     patch, part = patch[::-1], part[::-1]
                 patches.append(np.ascontiguousarray(patch))
                 parts.append(np.ascontiguousarray(part))
-        x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
         return x, torch.from_numpy(np.stack(parts)).long()
 
 

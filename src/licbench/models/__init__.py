@@ -1,7 +1,8 @@
 """Architectures by name, and checkpoints that load without unpickling code.
 
 Each architecture declares itself in its own module (registry.py):
-CompressAI's reference models as they are (bmshj2018.py, mbt2018.py); ChARM,
+CompressAI's reference models as they are (bmshj2018.py, mbt2018.py,
+cheng2020.py); ChARM,
 WACNN and SegPIC, not in CompressAI, written here on its layers and entropy
 models (channelwise.py, charm.py, wacnn.py, segpic.py).
 """
@@ -19,7 +20,7 @@ from ..digests import weights_digest  # noqa: F401  (re-exported)
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_path, load_tensors
 # Each module declares its architectures; imported in the papers' order, the registry's.
-from . import bmshj2018, mbt2018, charm, wacnn, segpic  # noqa: F401, I001
+from . import bmshj2018, mbt2018, cheng2020, charm, elic, wacnn, segpic  # noqa: F401, I001
 from .registry import ARCHITECTURES, Architecture, get_architecture  # noqa: F401
 
 CHECKPOINT_FORMAT = "licbench-checkpoint"
@@ -144,17 +145,19 @@ def compressai_state_dict(payload, source: str) -> dict[str, torch.Tensor]:
 
 
 def compressai_architectures() -> list[str]:
-    """The registry's architectures that are CompressAI's own classes."""
-    return [name for name, a in ARCHITECTURES.items() if a.build.__module__.startswith("compressai.")]
+    """The registry's architectures that are CompressAI's own classes (their
+    declarations say how a CompressAI state dict gives their config)."""
+    return [name for name, a in ARCHITECTURES.items() if a.config_from_weights is not None]
 
 
 def from_compressai(state_dict: dict[str, torch.Tensor], arch: str, config: dict | None = None,
                     source: str = "<state dict>") -> tuple[torch.nn.Module, dict]:
     """Our model for ``arch`` holding a CompressAI state dict's weights, and its config.
 
-    N and M are read from the weights as CompressAI's ``from_state_dict`` does
-    (the first and last analysis convolutions) and checked against ``config``
-    when given. CompressAI's ``load_state_dict`` resizes the CDF tables to the
+    The config is read from the weights as CompressAI's ``from_state_dict``
+    does (the declaration's ``config_from_weights``: for most, N and M from the
+    first and last analysis convolutions) and checked against ``config`` when
+    given. CompressAI's ``load_state_dict`` resizes the CDF tables to the
     stored ones; a state dict saved before ``update()`` has none, and they are
     built here.
     """
@@ -162,23 +165,25 @@ def from_compressai(state_dict: dict[str, torch.Tensor], arch: str, config: dict
     if arch not in compressai_architectures():
         raise ConfigError(f"architecture '{arch}' is not one of CompressAI's: "
                           f"{', '.join(compressai_architectures())}")
+    for key in config or {}:
+        if key not in spec.config_keys:
+            raise ConfigError(f"architecture '{arch}' takes {', '.join(spec.config_keys)}, not {key}")
     try:
-        inferred = {"N": int(state_dict["g_a.0.weight"].size(0)), "M": int(state_dict["g_a.6.weight"].size(0))}
-    except (KeyError, IndexError):
-        raise CheckpointError(f"{source}: no analysis transform weights g_a.0 / g_a.6; "
-                              f"not a CompressAI {arch} state dict") from None
+        inferred = spec.config_from_weights(state_dict)
+    except (KeyError, IndexError) as exc:
+        raise CheckpointError(f"{source}: no weights {exc}; not a CompressAI {arch} state dict"
+                              + _fit_hint(arch, state_dict)) from None
     for key, value in (config or {}).items():
-        if key in inferred and int(value) != inferred[key]:
+        if int(value) != inferred[key]:
             raise CheckpointError(f"{source}: the weights have {key}={inferred[key]}, not {int(value)}")
     config = {k: inferred[k] for k in spec.config_keys}
     model = build_model(arch, config)
     try:
         model.load_state_dict(dict(state_dict))
     except (RuntimeError, KeyError, ValueError) as exc:
-        fits = [name for name in compressai_architectures() if name != arch and _fits(name, config, state_dict)]
-        hint = f" (they fit {', '.join(fits)})" if fits else ""
+        sizes = ", ".join(f"{k}={v}" for k, v in config.items())
         raise CheckpointError(
-            f"{source}: the weights do not fit {arch} with N={config['N']}, M={config['M']}{hint}: "
+            f"{source}: the weights do not fit {arch} with {sizes}{_fit_hint(arch, state_dict)}: "
             + " ".join(str(exc).split())[:500]
         ) from None
     tables = [m._offset for m in model.modules() if hasattr(m, "_offset")]
@@ -187,11 +192,18 @@ def from_compressai(state_dict: dict[str, torch.Tensor], arch: str, config: dict
     return model.eval(), config
 
 
-def _fits(arch: str, config: dict, state_dict: dict) -> bool:
+def _fit_hint(arch: str, state_dict: dict) -> str:
+    """`` (they fit X, Y)``: the other CompressAI architectures the weights load into."""
+    fits = [name for name in compressai_architectures() if name != arch and _fits(name, state_dict)]
+    return f" (they fit {', '.join(fits)})" if fits else ""
+
+
+def _fits(arch: str, state_dict: dict) -> bool:
     try:
+        config = get_architecture(arch).config_from_weights(state_dict)
         build_model(arch, config).load_state_dict(dict(state_dict))
         return True
-    except (RuntimeError, KeyError, ValueError):
+    except (RuntimeError, KeyError, IndexError, ValueError):
         return False
 
 

@@ -34,6 +34,10 @@ class Architecture:
     # The config key (0/1) that says whether training feeds region partitions
     # (the masks stage's) to forward(x, partition); None: never.
     partition_key: str | None = None
+    # CompressAI's own classes: the config read from one of its state dicts
+    # (what the class's from_state_dict reads); licbench import-compressai takes
+    # the architectures that have one. A KeyError: not such a state dict.
+    config_from_weights: Callable[[dict], dict] | None = None
 
     @property
     def n_streams(self) -> int:

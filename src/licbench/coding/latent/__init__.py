@@ -2,8 +2,10 @@
 
 ``factorized`` (a latent with fixed CDFs: CompressAI's entropy bottleneck),
 ``gaussian`` (a scale or mean-scale Gaussian conditional, parameters given),
-``wavefront`` (mbt2018's masked context, one anti-diagonal at a time) and
-``slices`` (the channel-conditional slices of ChARM, WACNN and SegPIC). Each
+``wavefront`` (mbt2018's masked context, one anti-diagonal at a time, also
+Cheng2020's), ``slices`` (the channel-conditional slices of ChARM, WACNN and
+SegPIC), ``checkerboard`` (a two-pass checkerboard spatial context) and
+``groups`` (ELIC's uneven channel groups, each a checkerboard latent). Each
 offers ``compress`` (strings and the latent the decoder will rebuild) and
 ``decompress`` (a guarded stream, coding/rans.py, checked to its end). The
 training pass of the same entropy models stays with the models: what decodes

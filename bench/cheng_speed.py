@@ -1,0 +1,157 @@
+"""Cheng2020 on Kodak, CPU: licbench's latent decoding against CompressAI's serial loop.
+
+``cheng2020-anchor`` (or another wavefront-coded architecture, ``--arch``) at
+N = 192 with random seeded weights, made into a plausible codec as
+bench/decode_mbt2018.py does (g_a's output rescaled to a latent std of
+``--latent-std``, the entropy model fitted to it by ``--adapt-steps`` of the
+rate loss; CDF tables updated). Same weights for both sides: CompressAI's
+``model.compress`` / ``model.decompress`` (float32, ``_decompress_ar``: one
+latent position per step) and licbench's ``licbench.coding.codec.encode`` /
+``decode`` (coding/latent/wavefront.py: one anti-diagonal per step, float64
+entropy parameters). The two are interleaved: each of ``--repeats`` rounds
+runs CompressAI's call then ours, and the fastest of each is kept, so that a
+change in the machine's load falls on both. The latent decoding is everything
+before g_s starts (a forward pre-hook marks it).
+
+    python bench/cheng_speed.py --images 1 --repeats 1 --adapt-steps 20
+    python bench/cheng_speed.py --arch cheng2020-attn --images 2
+
+Per-image lines, then one JSON object (the last line): the median seconds of
+both codecs, ``latent_decode_speedup`` (CompressAI's seconds over ours, the
+goal is 8x), ``decode_speedup``, ``encode_speedup``, ``identical`` (our decoder
+rebuilt our encoder's latent exactly), ``symbols_differing`` (latent symbols
+the two codecs quantized differently), ``max_psnr_diff_db``, bpp and the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode_mbt2018 import SynthesisMark, kodak_images, plausible_codec, timed  # noqa: E402
+from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8  # noqa: E402
+from licbench.data.images import load_rgb8  # noqa: E402
+from licbench.metrics import psnr  # noqa: E402
+from licbench.models import ARCHITECTURES, Checkpoint, build_model, weights_digest  # noqa: E402
+
+WAVEFRONT = sorted(name for name, a in ARCHITECTURES.items() if a.coder == "wavefront")
+
+
+def interleaved(repeats: int, theirs, ours, mark: SynthesisMark):
+    """``repeats`` rounds of theirs() then ours(): for each, the last result, the
+    fewest seconds and the fewest seconds until g_s started (and g_s's input)."""
+    runs = {"theirs": [], "ours": []}
+    latents = {}
+    for _ in range(max(1, repeats)):
+        for side, fn in (("theirs", theirs), ("ours", ours)):
+            runs[side].append(timed(fn, mark))
+            latents[side] = mark.latent
+    out = {}
+    for side, rs in runs.items():
+        to_g_s = [r[2] for r in rs if r[2] is not None]
+        out[side] = (rs[-1][0], min(r[1] for r in rs), min(to_g_s) if to_g_s else None, latents[side])
+    return out["theirs"], out["ours"]
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="cheng2020-anchor", choices=WAVEFRONT)
+    parser.add_argument("--images", type=int, default=2, help="the first N Kodak images")
+    parser.add_argument("--N", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--latent-std", type=float, default=1.5)
+    parser.add_argument("--adapt-steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per image; the fastest is kept")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = kodak_images(args.images)
+    images = [load_rgb8(p).array for p in paths]
+
+    setup = time.perf_counter()
+    torch.manual_seed(args.seed)
+    config = {k: args.N for k in ARCHITECTURES[args.arch].config_keys}  # N (and M = N)
+    model = build_model(args.arch, config)
+    with torch.enable_grad():
+        adapted_bpp = plausible_codec(model, images, args.latent_std, args.adapt_steps, args.seed)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    ckpt = Checkpoint(args.arch, config, 0.0, model, weights_digest(state), {})
+    source = f"random (seed {args.seed}), latent std {args.latent_std}, {args.adapt_steps} rate-only steps"
+    print(f"{args.arch}: {source}, {config}, setup {time.perf_counter() - setup:.1f} s", file=sys.stderr)
+    mark = SynthesisMark(model)
+
+    # Warm-up (first-call allocations, the float64 copy of the model) on a small crop.
+    warm = images[0][:128, :128]
+    decode(ckpt, encode(ckpt, warm)[0])
+    out = model.compress(to_tensor(warm))
+    model.decompress(out["strings"], out["shape"])
+
+    rows = []
+    for path, image in zip(paths, images):
+        h, w = image.shape[:2]
+        x = pad_to_multiple(to_tensor(image), 64)
+        (cai, cai_encode, _, _), ((bs, enc_latent), our_encode, _, _) = interleaved(
+            args.repeats, lambda: model.compress(x), lambda: encode(ckpt, image), mark)
+        (cai_out, cai_decode, cai_latent_t, cai_latent), ((decoded, dec_latent), our_decode, our_latent_t, _) = \
+            interleaved(args.repeats, lambda: model.decompress(cai["strings"], cai["shape"]),
+                        lambda: decode(ckpt, bs), mark)
+        cai_image = to_uint8(cai_out["x_hat"][..., :h, :w])
+        row = {
+            "image": path.name,
+            "bpp": 8 * sum(len(s) for s in bs.streams) / (h * w),
+            "bpp_compressai": 8 * sum(len(s[0]) for s in cai["strings"]) / (h * w),
+            "identical": torch.equal(enc_latent, dec_latent),
+            "symbols_differing": int(((cai_latent - dec_latent).abs() > 0.5).sum()),
+            "symbols": dec_latent.numel(),
+            "psnr": psnr(image, decoded),
+            "psnr_compressai": psnr(image, cai_image),
+            "max_pixel_diff": int(np.abs(decoded.astype(int) - cai_image.astype(int)).max()),
+            "compressai": {"encode": cai_encode, "decode": cai_decode, "latent_decode": cai_latent_t},
+            "licbench": {"encode": our_encode, "decode": our_decode, "latent_decode": our_latent_t},
+        }
+        rows.append(row)
+        print(f"{path.name}: {row['bpp']:.3f} bpp ({row['bpp_compressai']:.3f} CompressAI), identical "
+              f"{row['identical']}, {row['symbols_differing']} symbols differ, PSNR {row['psnr']:.3f} / "
+              f"{row['psnr_compressai']:.3f} dB; encode {our_encode:.2f} / {cai_encode:.2f} s, decode "
+              f"{our_decode:.2f} / {cai_decode:.2f} s, latent {our_latent_t:.2f} / {cai_latent_t:.2f} s "
+              "(licbench / CompressAI)", flush=True)
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[side][key] for r in rows)
+
+    result = {
+        "arch": args.arch,
+        "images": len(rows),
+        "config": config,
+        "model": source,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "bpp": round(statistics.median(r["bpp"] for r in rows), 4),
+        "adapted_estimated_bpp": round(adapted_bpp, 4),
+        "compressai_seconds": {k: round(median("compressai", k), 3) for k in ("encode", "decode", "latent_decode")},
+        "licbench_seconds": {k: round(median("licbench", k), 3) for k in ("encode", "decode", "latent_decode")},
+        "identical": all(r["identical"] for r in rows),
+        "symbols_differing": sum(r["symbols_differing"] for r in rows),
+        "symbols": sum(r["symbols"] for r in rows),
+        "max_pixel_diff": max(r["max_pixel_diff"] for r in rows),
+        "max_psnr_diff_db": round(max(abs(r["psnr"] - r["psnr_compressai"]) for r in rows), 6),
+    }
+    for key in ("latent_decode", "decode", "encode"):
+        result[f"{key}_speedup"] = round(median("compressai", key) / median("licbench", key), 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
