@@ -129,12 +129,6 @@ VARIANTS = {"fp32": ("none", False, False), "bf16": ("bf16", False, False),
 # The order they run in: decoding last, as it takes the weights of the short
 # training for mbt2018-mean and any time the parts before it left unused.
 PARTS = ("throughput", "sam", "train", "ddp", "decode")
-SMOKE_SIZES = {"bmshj2018-factorized": {"N": 16, "M": 24}, "bmshj2018-hyperprior": {"N": 16, "M": 24},
-               "mbt2018-mean": {"N": 16, "M": 24}, "mbt2018": {"N": 16, "M": 24},
-               "charm": {"N": 16, "M": 40}, "wacnn": {"N": 16, "M": 40},
-               "segpic": {"N": 16, "M": 40, "grid": 4, "use_mask": 1}}
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     smoke: bool
@@ -174,7 +168,8 @@ class Settings:
     ddp_crop: int = 256
 
     def size(self, arch: str) -> dict:
-        return dict(SMOKE_SIZES[arch]) if self.smoke else paper_size(arch)
+        # Smoke: the smallest size the architecture's declaration gives (models/registry.py).
+        return dict(ARCHITECTURES[arch].tiny) if self.smoke else paper_size(arch)
 
 
 GPU_BUDGETS = {"throughput": 170.0, "decode": 60.0, "sam": 15.0, "train": 185.0, "ddp": 25.0}
@@ -205,14 +200,16 @@ def settings_for(smoke: bool, parts: list[str], total: float | None) -> Settings
 
 def paper_size(arch: str) -> dict:
     """The architecture's settings in configs/paper-<arch>.yaml at LAMBDA, else
-    CompressAI's zoo N, M at ZOO_QUALITY."""
+    CompressAI's zoo N, M at ZOO_QUALITY, else its declaration's paper size."""
     path = REPO / "configs" / f"paper-{arch}.yaml"
     if path.is_file():
         return load_params(path).architecture(arch, LAMBDA)
     from compressai.zoo.image import cfgs
 
-    n, m = cfgs[arch][ZOO_QUALITY]
-    return {"N": n, "M": m}
+    if arch not in cfgs:
+        return dict(ARCHITECTURES[arch].paper)
+    config = dict(zip(("N", "M"), cfgs[arch][ZOO_QUALITY]))
+    return {k: v for k, v in config.items() if k in ARCHITECTURES[arch].config_keys}
 
 
 def paper_train_settings(arch: str = DEFAULT_ARCH) -> dict:
@@ -687,7 +684,8 @@ def code_job(path: str, device: str, arch: str, image: np.ndarray, baseline: boo
         with torch.no_grad():
             coded = sender.model.compress(x)
         sent = compressai_decompress(sender.model, coded["strings"], coded["shape"], height, width)
-        channels = int(receiver.config["N"]) + int(receiver.config["M"])
+        n = int(receiver.config["N"])
+        channels = n + int(receiver.config.get("M", n))  # Cheng2020 has one width: M = N
         try:
             got = compressai_decompress(receiver.model, padded(coded["strings"], height, width, channels),
                                         coded["shape"], height, width)
