@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_mbt2018 import SynthesisMark, kodak_images, plausible_codec, timed  # noqa: E402
+from decode_mbt2018 import SynthesisMark, comparison, kodak_images, plausible_codec, timed  # noqa: E402
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8  # noqa: E402
 from licbench.data.images import load_rgb8  # noqa: E402
 from licbench.metrics import psnr  # noqa: E402
@@ -154,29 +152,8 @@ def main() -> None:
               f"{our_decode:.2f} / {cai_decode:.2f} s, latent {our_latent_t:.2f} / {cai_latent_t:.2f} s "
               "(licbench / CompressAI)", flush=True)
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[side][key] for r in rows)
-
-    result = {
-        "arch": args.arch,
-        "images": len(rows),
-        "config": config,
-        "model": source,
-        "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "bpp": round(statistics.median(r["bpp"] for r in rows), 4),
-        "adapted_estimated_bpp": None if adapted_bpp is None else round(adapted_bpp, 4),
-        "compressai_seconds": {k: round(median("compressai", k), 3) for k in ("encode", "decode", "latent_decode")},
-        "licbench_seconds": {k: round(median("licbench", k), 3) for k in ("encode", "decode", "latent_decode")},
-        "identical": all(r["identical"] for r in rows),
-        "symbols_differing": sum(r["symbols_differing"] for r in rows),
-        "symbols": sum(r["symbols"] for r in rows),
-        "max_pixel_diff": max(r["max_pixel_diff"] for r in rows),
-        "max_psnr_diff_db": round(max(abs(r["psnr"] - r["psnr_compressai"]) for r in rows), 6),
-    }
-    for key in ("latent_decode", "decode", "encode"):
-        result[f"{key}_speedup"] = round(median("compressai", key) / median("licbench", key), 2)
+    result = {"arch": args.arch, "images": len(rows), "config": config,
+              **comparison(rows, source, args.repeats, adapted_bpp)}
     print(json.dumps(result))
 
 

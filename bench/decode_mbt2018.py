@@ -217,16 +217,22 @@ def main() -> None:
               f"encode {our_encode:.2f} / {cai_encode:.2f} s, decode {our_decode:.2f} / {cai_decode:.2f} s, "
               f"latent {our_latent_t:.2f} / {cai_latent_t:.2f} s (licbench / CompressAI)", flush=True)
 
+    result = {"images": len(rows), "N": int(ckpt.config["N"]), "M": int(ckpt.config["M"]),
+              **comparison(rows, source, args.repeats, adapted_bpp)}
+    print(json.dumps(result))
+
+
+def comparison(rows: list[dict], source: str, repeats: int, adapted_bpp: float | None) -> dict:
+    """The JSON of a licbench-against-CompressAI decoding bench (this one and
+    cheng_speed.py): the median seconds of both, the decoder's exactness, the
+    speed-ups (CompressAI's seconds over ours)."""
     def median(side: str, key: str) -> float:
         return statistics.median(r[side][key] for r in rows)
 
     result = {
-        "images": len(rows),
-        "N": int(ckpt.config["N"]),
-        "M": int(ckpt.config["M"]),
         "model": source,
         "threads": torch.get_num_threads(),
-        "repeats": args.repeats,
+        "repeats": repeats,
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "bpp": round(statistics.median(r["bpp"] for r in rows), 4),
         "adapted_estimated_bpp": None if adapted_bpp is None else round(adapted_bpp, 4),
@@ -240,7 +246,7 @@ def main() -> None:
     }
     for key in ("latent_decode", "decode", "encode"):
         result[f"{key}_speedup"] = round(median("compressai", key) / median("licbench", key), 2)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
