@@ -544,24 +544,31 @@ def dvc_metrics(trained: list[Curve], table: dict, method: str) -> dict:
                 "bpp": c.bpp[i], "bpp_est": c.extra["bpp_estimated"][i], "psnr": c.psnr[i],
                 "ms_ssim": c.ms_ssim[i], "enc_s": c.extra["encoding_time"][i],
                 "dec_s": c.extra["decoding_time"][i]})
-    def cell_value(cells: dict, metric: str, column: str):
-        if metric == "jpeg_ai_average":
-            return (cells.get(metric) or {}).get(method, {}).get(column)
-        return (cells.get(metric) or {}).get(column)
-
-    metrics = list(dict.fromkeys(m for row in table.values() for cells in row.values() for m in cells))
-    groups = [("bd_rate", "psnr", f"bd_rate_{method}"), ("bd_psnr", "psnr", f"bd_psnr_{method}")]
-    # Every other metric's BD-rate, and JPEG AI's average of them (of those measured).
-    groups += [(f"bd_rate_{'jpeg_ai' if m == 'jpeg_ai_average' else m}", m, f"bd_rate_{method}")
-               for m in metrics if m != "psnr"]
-    for name, metric, column in groups:
-        values = {model: numbers({short_anchor(anchor): cell_value(cells, metric, column)
-                                  for anchor, cells in row.items()})
-                  for model, row in table.items()}
+    # psnr's BD-rate is "bd_rate", every other metric's "bd_rate_<metric>" (JPEG
+    # AI's average: "bd_rate_jpeg_ai"), the BD-PSNR "bd_psnr".
+    groups: dict[str, dict] = {"bd_rate": {}, "bd_psnr": {}}
+    for model, row in table.items():
+        for anchor, metric, kind, value in bd_values(row, method):
+            name = kind if metric == "psnr" else f"bd_rate_{'jpeg_ai' if metric == 'jpeg_ai_average' else metric}"
+            groups.setdefault(name, {}).setdefault(model, {})[short_anchor(anchor)] = value
+    for name, by_model in groups.items():
+        values = {model: numbers(v) for model, v in by_model.items()}
         # DVC shows no empty group either: the file is what `dvc metrics show` lists.
         if any(values.values()):
             out[name] = {model: v for model, v in values.items() if v}
     return out
+
+
+def bd_values(row: dict, method: str):
+    """``(anchor, metric, kind, value)`` of one model's row of :func:`bd_table`
+    with ``method``'s fit: kind ``bd_rate`` for every metric (JPEG AI's average
+    as the metric ``jpeg_ai_average``), ``bd_psnr`` for PSNR; value None where
+    there is none. What the DVC metrics and the MLflow report runs hold."""
+    for anchor, cells in row.items():
+        for metric, cell in cells.items():
+            part = cell[method] if metric == "jpeg_ai_average" else cell
+            yield anchor, metric, "bd_rate", part.get(f"bd_rate_{method}")
+        yield anchor, "psnr", "bd_psnr", cells["psnr"].get(f"bd_psnr_{method}")
 
 
 def short_anchor(anchor_id: str) -> str:
@@ -665,22 +672,13 @@ def log_report(report: Report, cfg: ReportConfig, to: Target) -> str:
 def report_metrics(report: Report, curve: Curve, method: str) -> dict[str, float]:
     """A trained curve's report metrics: BD-rate per metric and anchor, BD-PSNR
     per anchor, each lambda's bpp and PSNR."""
+    # PSNR's and MS-SSIM's BD-rates keep their first names.
+    prefixes = {("bd_rate", "psnr"): "bd_rate_vs_", ("bd_rate", "ms_ssim"): "bd_rate_msssim_vs_",
+                ("bd_psnr", "psnr"): "bd_psnr_vs_"}
     metrics = {}
-    for anchor_id, cells in report.table[curve.id].items():
-        for column, cell in cells.items():
-            if column == "jpeg_ai_average":
-                v = cell[method][f"bd_rate_{method}"]
-                prefix = "bd_rate_jpeg_ai_average_vs_"
-            else:
-                v = cell.get(f"bd_rate_{method}")
-                # PSNR's and MS-SSIM's keep their first names.
-                prefix = {"psnr": "bd_rate_vs_", "ms_ssim": "bd_rate_msssim_vs_"}.get(
-                    column, f"bd_rate_{column}_vs_")
-            if v is not None:
-                metrics[prefix + anchor_id] = v
-        v = cells["psnr"].get(f"bd_psnr_{method}")
-        if v is not None:
-            metrics["bd_psnr_vs_" + anchor_id] = v
+    for anchor_id, metric, kind, value in bd_values(report.table[curve.id], method):
+        if value is not None:
+            metrics[prefixes.get((kind, metric), f"bd_rate_{metric}_vs_") + anchor_id] = value
     for lm, b, p in zip(curve.extra["lambda"], curve.bpp, curve.psnr):
         metrics[f"bpp_lambda_{lm}"] = b
         metrics[f"psnr_lambda_{lm}"] = p
