@@ -69,6 +69,10 @@ BAD = [
     ({"architectures": {"mbt2018-mean": {"N": 32, "M": 48}, "segpic": {"N": 32, "M": 40, "grid": 4,
                                                                         "use_mask": 2}}},
      "architectures", "architectures.segpic.use_mask", "2 is out of range; 0 or 1"),
+    # A size below the architecture's declared minimum (ELIC: M - 128 channels in its last group).
+    ({"architectures": {"mbt2018-mean": {"N": 32, "M": 48}, "elic": {"N": 32, "M": 100}}}, "architectures",
+     "architectures.elic.M",
+     "100 is out of range; an integer >= 129"),
     ({"anchors": {"codecs": {"x264": [30]}}}, "codecs", "anchors.codecs.x264", "unknown codec; one of avif, "),
     ({"report": {"published": ["vtm", "vvc-17"]}}, "published", "report.published[1]",
      "no published curve 'vvc-17' for kodak; one of "),

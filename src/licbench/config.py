@@ -425,6 +425,7 @@ class Params(Section):
                 continue
             keys = tuple(registry[arch].config_keys)
             flag = registry[arch].partition_key  # a 0/1 switch; the other keys are sizes
+            minimum = registry[arch].minimum
 
             def check(loc: tuple, given: Mapping[str, int], complete: bool) -> None:
                 for key in keys:
@@ -437,8 +438,9 @@ class Params(Section):
                                          f"{arch} takes {', '.join(keys)} (and by_lambda)"))
                     elif key == flag and value not in (0, 1):
                         problems.append(((*loc, key), f"{value} is out of range", "0 or 1"))
-                    elif key != flag and value < 1:
-                        problems.append(((*loc, key), f"{value} is out of range", "an integer >= 1"))
+                    elif key != flag and value < minimum.get(key, 1):
+                        problems.append(((*loc, key), f"{value} is out of range",
+                                         f"an integer >= {minimum.get(key, 1)}"))
 
             check(("architectures", arch), settings.model_extra, complete=True)
             for lmbda, override in settings.by_lambda.items():

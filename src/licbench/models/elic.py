@@ -34,5 +34,5 @@ ELIC = register(Architecture(
     "elic", build, ("N", "M"), pad_multiple=64, streams=("y", "z"),
     coder="scctx", config_from_weights=config_from_weights,
     reference="He, Yang, Peng, Ma, Qin, Wang, CVPR 2022 (ELIC, CompressAI's Elic2022Official)",
-    paper={"N": 192, "M": 320}, tiny={"N": 16, "M": 136},
+    paper={"N": 192, "M": 320}, tiny={"N": 16, "M": 136}, minimum={"M": sum(GROUPS) + 1},
 ))

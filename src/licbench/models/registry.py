@@ -34,6 +34,9 @@ class Architecture:
     # The config key (0/1) that says whether training feeds region partitions
     # (the masks stage's) to forward(x, partition); None: never.
     partition_key: str | None = None
+    # The smallest value of a size its constraints allow, where that is more
+    # than 1 (params.yaml is checked against it: licbench.config).
+    minimum: dict = field(default_factory=dict)
     # CompressAI's own classes: the config read from one of its state dicts
     # (what the class's from_state_dict reads); licbench import-compressai takes
     # the architectures that have one. A KeyError: not such a state dict.
