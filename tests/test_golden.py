@@ -1,5 +1,7 @@
 """The golden bitstreams (tests/golden/): every architecture still writes the
-committed bytes and decodes the committed files to the same pixels and latent.
+committed bytes and decodes the committed files to the same latent and pixels
+(to within what a float32 synthesis rounds differently on another CPU:
+golden/fixture.py).
 
 A failure here means the bitstream format, the entropy coder or a model's
 computation changed. If that is intended, regenerate with
@@ -7,6 +9,8 @@ computation changed. If that is intended, regenerate with
 """
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,7 +63,10 @@ def test_golden_bitstreams(arch, one_thread):
         decoded, latent = decode(ckpt, read_bitstream(fixture.bitstream_path(arch, name)))
         assert decoded.shape == (height, width, 3) and decoded.dtype == np.uint8
         assert fixture.tensor_sha256(latent) == expected["latent_sha256"], f"{arch} {name}: decoded latent"
-        assert fixture.sha256(decoded.tobytes()) == expected["decoded_sha256"], f"{arch} {name}: decoded pixels"
+        # The synthesis runs in float32: a pixel may round the other way on another CPU (fixture.py).
+        means, golden_means = np.array(fixture.block_means(decoded)), np.array(expected["decoded_block_means"])
+        assert means.shape == golden_means.shape and np.abs(means - golden_means).max() <= 0.05, (
+            f"{arch} {name}: decoded pixels, 8x8 block means off by up to {np.abs(means - golden_means).max():.3f}")
 
 
 def test_golden_files_are_valid_containers():
@@ -67,3 +74,16 @@ def test_golden_files_are_valid_containers():
         for name, expected in entry["images"].items():
             bs = decode_container(fixture.bitstream_path(arch, name).read_bytes())
             assert (bs.arch, bs.height, bs.width) == (arch, expected["height"], expected["width"])
+
+
+def test_golden_bitstreams_on_another_instruction_set():
+    """The same checks where the CPU computes in other code paths: PyTorch's
+    kernels without vector instructions, oneDNN limited to SSE4.1 and MKL in
+    its compatible mode, as on an older or another vendor's CPU (the fixture's
+    weights once depended on the vector unit)."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", ONEDNN_MAX_CPU_ISA="SSE41", MKL_CBWR="COMPATIBLE")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_golden_bitstreams and not instruction_set"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"{len(GOLDEN['architectures'])} passed" in proc.stdout

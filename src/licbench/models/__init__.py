@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from compressai.models.base import SCALES_LEVELS, SCALES_MAX, SCALES_MIN
 
 from ..digests import weights_digest  # noqa: F401  (re-exported)
 from ..errors import CheckpointError, ConfigError
@@ -65,6 +67,18 @@ class Checkpoint:
         if self._float64_cpu is None:
             self._float64_cpu = copy.deepcopy(self.model).to("cpu", torch.float64).eval()
         return self._float64_cpu
+
+
+def update_entropy_models(model: torch.nn.Module, update_quantiles: bool = False) -> None:
+    """Build the CDF tables the rANS coder uses (CompressAI's
+    ``update(force=True)``) with CompressAI's default scale table (64 scales,
+    log-spaced from 0.11 to 256) computed in float64, then rounded to float32.
+    CompressAI computes it with a float32 ``exp``, whose last bit differs between
+    CPUs with other vector units (AVX2, AVX-512, none): the same weights then
+    made checkpoints of other digests on another machine."""
+    table = torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS,
+                                     dtype=torch.float64)).float()
+    model.update(scale_table=table, force=True, update_quantiles=update_quantiles)
 
 
 def model_key(arch: str, lmbda: float) -> str:

@@ -20,7 +20,8 @@ from ..config import TrainConfig, resolve_device
 from ..data.crops import PartitionedCrops, RandomCrops, center_crops
 from ..errors import ConfigError, TrainingError
 from ..models import (
-    build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, weights_digest,
+    build_model, get_architecture, model_key, save_checkpoint, trains_with_partition, update_entropy_models,
+    weights_digest,
 )
 from ..progress import progress as progress_bar
 from .distributed import all_reduce_mean, all_reduce_sum, rank_and_world, wrap_ddp
@@ -408,7 +409,7 @@ def final_model(loop: Loop, training: TrainingState) -> torch.nn.Module:
     model.eval()
     # Quantiles by bisection on the learned density: exact where a short run
     # leaves the aux loss far from converged (CompressAI >= 1.2.7).
-    model.update(force=True, update_quantiles=True)
+    update_entropy_models(model, update_quantiles=True)
     return model
 
 
