@@ -8,7 +8,8 @@ import torch
 
 from licbench.coding import autoregressive
 from licbench.coding.latent import Exact
-from licbench.coding.latent.wavefront import WavefrontContext, scale_indexes
+from licbench.coding.latent.layers import scale_indexes
+from licbench.coding.latent.wavefront import WavefrontContext
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8
 from licbench.coding.container import decode_container, encode_container
 from licbench.data.images import load_rgb8
@@ -45,13 +46,12 @@ def test_wavefronts_visit_each_position_once_after_its_context(tmp_path):
         assert bool((step[rows, cols] == -1).all()) and bool((torch.diff(rows) > 0).all())
         step[rows, cols] = t
     assert bool((step >= 0).all()) and t + 1 == 20 + 3 * 11  # W + 3 (H - 1) steps
-    taps = zip(ctx.tap_rows - ctx.pad, ctx.tap_cols - ctx.pad)
-    for di, dj in taps:  # every causal neighbour inside the latent comes earlier
+    for di, dj in zip(*ctx.context.offsets):  # every causal neighbour inside the latent comes earlier
         for i in range(12):
             for j in range(20):
                 if 0 <= i + di < 12 and 0 <= j + dj < 20:
                     assert step[i + di, j + dj] < step[i, j]
-    assert len(ctx.tap_rows) == 12
+    assert len(ctx.context.tap_rows) == 12
 
 
 @pytest.mark.parametrize("size", [(1, 1), (70, 50), (64, 64), (129, 67), (17, 200)])

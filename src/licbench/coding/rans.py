@@ -124,9 +124,14 @@ class StreamDecoder:
 
 
 def entropy_model_tables(em) -> tuple[list, list[int], list[int]]:
-    """An entropy model's (CDFs, CDF lengths, offsets), as its coder takes them."""
-    return (em._quantized_cdf.tolist(), em._cdf_length.reshape(-1).int().tolist(),
-            em._offset.reshape(-1).int().tolist())
+    """An entropy model's (CDFs, CDF lengths, offsets), as its coder takes them.
+
+    The rANS coder converts the CDF table on every call and reads each row only
+    up to its length: each row is cut there (CompressAI pads them all to the
+    longest), which makes the call's conversion the smaller."""
+    lengths = em._cdf_length.reshape(-1).int().tolist()
+    cdfs = [row[:n] for row, n in zip(em._quantized_cdf.tolist(), lengths)]
+    return cdfs, lengths, em._offset.reshape(-1).int().tolist()
 
 
 def decode_indexed(em, stream: GuardedStream, indexes: torch.Tensor, dtype: torch.dtype = torch.float,

@@ -29,20 +29,12 @@ layout would differ in the last bits, and the latent g_s sees would differ.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from compressai.ans import RansEncoder
 
 from ...errors import CheckpointError
-from ..rans import GuardedStream, StreamDecoder
+from ..rans import GuardedStream, StreamDecoder, entropy_model_tables
 from . import FLOAT64, Exact
-
-
-def scale_indexes(gc, scales: torch.Tensor) -> torch.Tensor:
-    """``gc.build_indexes(scales)`` in one call instead of one comparison per
-    table entry: the number of table scales (the last excepted) below each
-    bounded scale. Always a valid index, NaN and infinities included (what a
-    damaged stream can drive the parameters to)."""
-    return torch.bucketize(gc.lower_bound_scale(scales), gc.scale_table[:-1]).int()
+from .layers import MaskedContext, Pointwise, scale_indexes
 
 
 class WavefrontContext:
@@ -58,35 +50,22 @@ class WavefrontContext:
         model = exact.model
         if z_hat.size(0) != 1:
             raise ValueError("the mbt2018 coder codes one image at a time")
-        cm = model.context_prediction
-        kh, kw = cm.kernel_size
-        self.pad = cm.padding[0]
-        taps = cm.mask[0, 0].nonzero()  # (T, 2): kernel rows and columns the mask keeps
-        di, dj = taps[:, 0] - kh // 2, taps[:, 1] - kw // 2
-        if not bool((3 * di + dj < 0).all()) or (cm.mask != cm.mask[:1, :1]).any():
+        self.context = MaskedContext(model.context_prediction, "mbt2018 context_prediction")
+        di, dj = self.context.offsets
+        if not bool((3 * di + dj < 0).all()):
             raise CheckpointError(
                 "mbt2018 context_prediction.mask is not the causal 5x5 mask (type A) "
                 "that wavefront decoding relies on; the checkpoint is damaged"
             )
-        self.tap_rows, self.tap_cols = taps[:, 0], taps[:, 1]
-        weight = (cm.weight * cm.mask)[:, :, self.tap_rows, self.tap_cols]  # 2M x M x T
-        self.context_weight = weight.permute(0, 2, 1).reshape(weight.size(0), -1).contiguous()
-        self.context_bias = cm.bias
-        self.layers = [
-            (m.weight[:, :, 0, 0].contiguous(), m.bias) if isinstance(m, torch.nn.Conv2d) else m
-            for m in model.entropy_parameters
-        ]
+        self.pad = self.context.pad
+        self.entropy_parameters = Pointwise(model.entropy_parameters, "mbt2018 entropy_parameters")
         self.gc = model.gaussian_conditional
         params = exact.call("h_s", z_hat)  # 1 x 2M x H x W
         self.params = params[0].permute(1, 2, 0).contiguous()  # H x W x 2M
         self.height, self.width = params.shape[-2:]
         p = self.pad  # row r, column c of the padded latent hold y_hat's (r - p, c - p)
         self.y_hat = torch.zeros((self.height + 2 * p, self.width + 2 * p, model.M), dtype=FLOAT64)
-        # The rANS coder converts its CDF table on every call: pass each row
-        # only up to its length (all it reads) rather than the padded table.
-        lengths = self.gc.cdf_length.tolist()
-        self.cdf = [row[:n] for row, n in zip(self.gc.quantized_cdf.tolist(), lengths)]
-        self.cdf_lengths, self.offsets = lengths, self.gc.offset.tolist()
+        self.tables = entropy_model_tables(self.gc)
 
     def wavefronts(self):
         """(rows, cols) of each anti-diagonal t = 3 i + j, rows increasing."""
@@ -95,14 +74,10 @@ class WavefrontContext:
             rows = torch.arange(max(0, -(-(t - w + 1) // 3)), min(h - 1, t // 3) + 1)
             yield rows, t - 3 * rows
 
-    def entropy_parameters(self, rows: torch.Tensor, cols: torch.Tensor):
+    def parameters(self, rows: torch.Tensor, cols: torch.Tensor):
         """(scales, means), n x M each, at the positions (rows, cols)."""
-        patches = self.y_hat[rows[:, None] + self.tap_rows, cols[:, None] + self.tap_cols]
-        ctx = F.linear(patches.reshape(len(rows), -1), self.context_weight, self.context_bias)
-        h = torch.cat((self.params[rows, cols], ctx), dim=1)
-        for layer in self.layers:
-            h = F.linear(h, *layer) if isinstance(layer, tuple) else layer(h)
-        return h.chunk(2, 1)
+        ctx = self.context(self.y_hat, rows, cols)
+        return self.entropy_parameters(torch.cat((self.params[rows, cols], ctx), dim=1)).chunk(2, 1)
 
     def put(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> None:
         self.y_hat[rows + self.pad, cols + self.pad] = values
@@ -121,14 +96,14 @@ def compress(exact: Exact, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[bytes,
     y = exact(y[0]).permute(1, 2, 0)  # H x W x M
     symbols, indexes = [], []
     for rows, cols in ctx.wavefronts():
-        scales, means = ctx.entropy_parameters(rows, cols)
+        scales, means = ctx.parameters(rows, cols)
         q = torch.round(y[rows, cols] - means)
         ctx.put(rows, cols, q + means)
         symbols.append(q)
         indexes.append(scale_indexes(ctx.gc, scales))
     y_string = RansEncoder().encode_with_indexes(
         torch.cat(symbols).int().flatten().tolist(), torch.cat(indexes).flatten().tolist(),
-        ctx.cdf, ctx.cdf_lengths, ctx.offsets,
+        *ctx.tables,
     )
     return y_string, ctx.latent()
 
@@ -138,9 +113,9 @@ def decompress(exact: Exact, stream: GuardedStream, z_hat: torch.Tensor) -> torc
     ctx = WavefrontContext(exact, z_hat)
     decoder = StreamDecoder(stream)
     for rows, cols in ctx.wavefronts():
-        scales, means = ctx.entropy_parameters(rows, cols)
+        scales, means = ctx.parameters(rows, cols)
         indexes = scale_indexes(ctx.gc, scales).flatten().tolist()
-        q = decoder.decode(indexes, ctx.cdf, ctx.cdf_lengths, ctx.offsets)
+        q = decoder.decode(indexes, *ctx.tables)
         ctx.put(rows, cols, torch.tensor(q, dtype=FLOAT64).view_as(means) + means)
     decoder.finish()
     return ctx.latent()
