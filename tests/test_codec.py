@@ -7,6 +7,7 @@ from licbench.coding.codec import (
     compress_image, decode, decompress_image, encode, entropy_parameters, pad_to_multiple, to_tensor,
 )
 from licbench.coding.container import decode_container, encode_container
+from licbench.coding.latent import Exact, checkerboard, groups
 from licbench.data.images import load_rgb8
 from licbench.errors import FormatError, ModelMismatchError
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, load_checkpoint, save_checkpoint
@@ -145,16 +146,42 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
-@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior", "mbt2018", "cheng2020-attn"])
+def scctx_parameters_in_a_batch(codec, hyper, y_hat, wheres):
+    """ELIC's CDF indexes and means of the first image of a batch, group by
+    group and pass by pass (the anchors, then the rest, at ``wheres``), from the
+    float64 channel contexts, checkerboard context models and entropy
+    parameters run on the whole batch, as latent/checkerboard.py's passes run
+    them on one image."""
+    out, decoded = [], []
+    for k, y_k in enumerate(torch.split(y_hat, codec.groups, dim=1)):
+        side = groups.side_parameters(codec, k, hyper, decoded)
+        cb = codec.latent_codec[f"y{k}"]
+        known = torch.zeros_like(y_k)
+        for first, where in zip((True, False), wheres[2 * k: 2 * k + 2]):
+            ctx = cb.context_prediction(known)
+            if first:
+                ctx = torch.zeros_like(ctx)
+            scales, means = cb.latent_codec["y"]._chunk(cb.entropy_parameters(torch.cat((ctx, side), dim=1)))
+            out.append((cb.latent_codec["y"].gaussian_conditional.build_indexes(scales[0][:, where]),
+                        means[0][:, where]))
+            known[:, :, where] = y_k[:, :, where]
+        decoded.append(y_k)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["mbt2018-mean", "bmshj2018-hyperprior", "mbt2018", "cheng2020-anchor",
+                                  "cheng2020-attn", "elic"])
 def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_path):
     ckpt = tiny_checkpoint(arch, tmp_path)
+    coder = ARCHITECTURES[arch].coder
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         bs = compress_image(ckpt, crop)
         x = pad_to_multiple(to_tensor(crop), bs.pad_multiple)
         with torch.no_grad():
-            expected = (autoregressive.compress(ckpt, x)["y_hat"] if ARCHITECTURES[arch].coder == "wavefront"
+            expected = (autoregressive.compress(ckpt, x)["y_hat"] if coder == "wavefront"
+                        else scctx.compress(ckpt, x)["y_hat"] if coder == "scctx"
                         else encoder_side_latent(ckpt, x))
         torch.set_num_threads(2)
         captured = []
@@ -168,8 +195,36 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(captured[0], expected)
-    if ARCHITECTURES[arch].coder == "wavefront":
+    if coder == "wavefront":
         return  # its coder's batch layout is fixed by the wavefront: tests/test_wavefront.py
+    if coder == "scctx":
+        # The coder's own passes on the image alone (the y_hat it codes) and the
+        # same float64 calls with the image inside a batch of two.
+        with torch.no_grad():
+            exact = Exact(ckpt)
+            codec, h_s = exact.module("latent_codec.y"), exact.module("latent_codec.hyper.h_s")
+            z_hat = ckpt.model.latent_codec["hyper"].entropy_bottleneck.decompress(
+                [bs.streams[1]], torch.Size(bs.shape))
+            hyper = h_s(exact(z_hat))
+            _, y_hat = groups.compress(codec, exact(ckpt.model.g_a(x)), hyper)
+            assert torch.equal(y_hat.float(), expected)
+            alone, decoded = [], []
+            for k, y_k in enumerate(torch.split(y_hat, codec.groups, dim=1)):
+                p = checkerboard.Pass(codec.latent_codec[f"y{k}"], groups.side_parameters(codec, k, hyper, decoded))
+                for first in (True, False):
+                    indexes, means, where = p.parameters(first)
+                    alone.append((indexes, means, where))
+                    p.put(where, y_k[0][:, where])
+                decoded.append(y_k)
+            other_hyper = h_s(exact(torch.round(4 * torch.randn_like(z_hat))))
+            batch = scctx_parameters_in_a_batch(codec, torch.cat([hyper, other_hyper]),
+                                                torch.cat([y_hat, torch.round(4 * torch.randn_like(y_hat))]),
+                                                [where for _, _, where in alone])
+        assert len(alone) == len(batch) == 2 * len(codec.groups)
+        for (indexes_a, means_a, _), (indexes_b, means_b) in zip(alone, batch):
+            assert torch.equal(indexes_a, indexes_b)
+            torch.testing.assert_close(means_a, means_b, rtol=0, atol=1e-12)
+        return
     # The same z_hat inside a batch of two gives the same scales and means.
     with torch.no_grad():
         m = ckpt.model

@@ -263,6 +263,29 @@ def test_published_curves_carry_source_and_licence():
         assert res["bpp"] == sorted(res["bpp"])
 
 
+def test_the_published_readme_lists_every_curve_as_its_file_says():
+    """Each section of published/README.md whose heading names a set's folder
+    holds one row per curve of that set, from the file's fields, in the order of
+    the file names (``compressai-mbt2018-mean.json`` before ``compressai-mbt2018.json``)."""
+    def row(entry):
+        source, res = entry["source"], entry["results"]
+        return (f"| `{entry['id']}` | {entry['name']} | {entry['kind']} | {len(res['bpp'])} | "
+                f"{'yes' if 'ms-ssim-rgb' in res else 'no'} | "
+                f"{source['repository']} `{source['path']}` @ {source['commit']} | {entry['licence']} |")
+
+    sections = (published.ROOT / "README.md").read_text().split("\n## ")[1:]
+    sets = [d.name for d in sorted(published.ROOT.iterdir()) if d.is_dir()]
+    covered = set()
+    for section in sections:
+        named = [s for s in sets if f"(`{s}/`" in section.splitlines()[0]]
+        expected = list(dict.fromkeys(row(published.load(s, i)) for s in named
+                                      for i in sorted(published.available(s), key=lambda i: f"{i}.json")))
+        listed = [line for line in section.splitlines() if line.startswith("| `")]
+        assert listed == expected, section.splitlines()[0]
+        covered.update(named)
+    assert covered == set(sets)
+
+
 def test_mlflow_report_run_links_model_runs(data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     experiment_id = use_experiment("test")
