@@ -146,25 +146,26 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
-def scctx_parameters_in_a_batch(codec, hyper, y_hat, wheres):
+def scctx_parameters_in_a_batch(codec, hyper, y_hat, positions):
     """ELIC's CDF indexes and means of the first image of a batch, group by
-    group and pass by pass (the anchors, then the rest, at ``wheres``), from the
-    float64 channel contexts, checkerboard context models and entropy
-    parameters run on the whole batch, as latent/checkerboard.py's passes run
-    them on one image."""
+    group and pass by pass (the anchors, then the rest, at ``positions``: rows
+    and columns), from the float64 channel contexts, checkerboard context
+    models and entropy parameters run on the whole batch as whole-map
+    convolutions, as CompressAI runs them (latent/checkerboard.py computes
+    them at the pass's positions only, one image at a time)."""
     out, decoded = [], []
     for k, y_k in enumerate(torch.split(y_hat, codec.groups, dim=1)):
         side = groups.side_parameters(codec, k, hyper, decoded)
         cb = codec.latent_codec[f"y{k}"]
         known = torch.zeros_like(y_k)
-        for first, where in zip((True, False), wheres[2 * k: 2 * k + 2]):
+        for first, (rows, cols) in zip((True, False), positions[2 * k: 2 * k + 2]):
             ctx = cb.context_prediction(known)
             if first:
                 ctx = torch.zeros_like(ctx)
             scales, means = cb.latent_codec["y"]._chunk(cb.entropy_parameters(torch.cat((ctx, side), dim=1)))
-            out.append((cb.latent_codec["y"].gaussian_conditional.build_indexes(scales[0][:, where]),
-                        means[0][:, where]))
-            known[:, :, where] = y_k[:, :, where]
+            out.append((cb.latent_codec["y"].gaussian_conditional.build_indexes(scales[0][:, rows, cols]),
+                        means[0][:, rows, cols]))
+            known[:, :, rows, cols] = y_k[:, :, rows, cols]
         decoded.append(y_k)
     return out
 
@@ -212,14 +213,14 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
             for k, y_k in enumerate(torch.split(y_hat, codec.groups, dim=1)):
                 p = checkerboard.Pass(codec.latent_codec[f"y{k}"], groups.side_parameters(codec, k, hyper, decoded))
                 for first in (True, False):
-                    indexes, means, where = p.parameters(first)
-                    alone.append((indexes, means, where))
-                    p.put(where, y_k[0][:, where])
+                    indexes, means, rows, cols = p.parameters(first)
+                    alone.append((indexes, means, (rows, cols)))
+                    p.put(rows, cols, y_k[0][:, rows, cols])
                 decoded.append(y_k)
             other_hyper = h_s(exact(torch.round(4 * torch.randn_like(z_hat))))
             batch = scctx_parameters_in_a_batch(codec, torch.cat([hyper, other_hyper]),
                                                 torch.cat([y_hat, torch.round(4 * torch.randn_like(y_hat))]),
-                                                [where for _, _, where in alone])
+                                                [positions for _, _, positions in alone])
         assert len(alone) == len(batch) == 2 * len(codec.groups)
         for (indexes_a, means_a, _), (indexes_b, means_b) in zip(alone, batch):
             assert torch.equal(indexes_a, indexes_b)
