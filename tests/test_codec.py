@@ -155,7 +155,7 @@ def scctx_parameters_in_a_batch(codec, hyper, y_hat, positions):
     them at the pass's positions only, one image at a time)."""
     out, decoded = [], []
     for k, y_k in enumerate(torch.split(y_hat, codec.groups, dim=1)):
-        side = groups.side_parameters(codec, k, hyper, decoded)
+        side = hyper if k == 0 else torch.cat((codec.channel_context[f"y{k}"](torch.cat(decoded, dim=1)), hyper), dim=1)
         cb = codec.latent_codec[f"y{k}"]
         known = torch.zeros_like(y_k)
         for first, (rows, cols) in zip((True, False), positions[2 * k: 2 * k + 2]):

@@ -15,12 +15,14 @@ from compressai.ans import BufferedRansEncoder
 
 from ..rans import GuardedStream, StreamDecoder
 from . import checkerboard
+from .layers import Convolutions
 
 
 def side_parameters(codec, k: int, hyper: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor:
     if k == 0:
         return hyper
-    return torch.cat((codec.channel_context[f"y{k}"](torch.cat(decoded, dim=1)), hyper), dim=1)
+    context = Convolutions(codec.channel_context[f"y{k}"], f"ELIC channel_context.y{k}")
+    return torch.cat((context(torch.cat(decoded, dim=1)), hyper), dim=1)
 
 
 def compress(codec, y: torch.Tensor, hyper: torch.Tensor) -> tuple[bytes, torch.Tensor]:

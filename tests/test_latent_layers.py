@@ -1,0 +1,76 @@
+"""coding/latent/layers.py: the context and parameter networks as products at
+chosen positions give what the networks give on the whole map."""
+
+import pytest
+import torch
+from compressai.layers import CheckerboardMaskedConv2d, MaskedConv2d
+from threadpoolctl import threadpool_info
+
+from licbench.coding.latent.layers import Convolutions, MaskedContext, Pointwise
+from licbench.errors import CheckpointError
+
+F64 = torch.float64
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (12, 8)])
+def test_convolutions_are_the_stack_of_convolutions(size):
+    torch.manual_seed(0)
+    stack = torch.nn.Sequential(
+        torch.nn.Conv2d(6, 10, 5, padding=2), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(10, 4, 3, padding=1),
+    ).double()
+    x = torch.randn(1, 6, *size, dtype=F64)
+    with torch.no_grad():
+        expected = stack(x)
+        got = Convolutions(stack, "a stack")(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_convolutions_refuse_what_is_not_a_same_convolution():
+    for conv in (torch.nn.Conv2d(4, 4, 5, stride=2, padding=2), torch.nn.Conv2d(4, 4, 5, padding=1),
+                 torch.nn.Conv2d(4, 4, 4, padding=2)):
+        with pytest.raises(CheckpointError, match="channel_context.y1 is not a stack of 'same' convolutions"):
+            Convolutions(torch.nn.Sequential(conv), "channel_context.y1")
+    with pytest.raises(CheckpointError, match="has a 3x3 convolution where a pointwise one is expected"):
+        Pointwise(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1)), "entropy_parameters")
+
+
+@pytest.mark.parametrize("conv", [CheckerboardMaskedConv2d(5, 8, kernel_size=5, padding=2),
+                                  MaskedConv2d(5, 8, kernel_size=5, padding=2, mask_type="A")])
+def test_masked_context_at_positions_is_the_masked_convolution_there(conv):
+    torch.manual_seed(1)
+    conv = conv.double()
+    y = torch.randn(1, 5, 9, 11, dtype=F64)
+    with torch.no_grad():
+        full = conv(y)[0]  # masks its weight in place
+        context = MaskedContext(conv, "context_prediction")
+        p = context.pad
+        padded = torch.zeros(9 + 2 * p, 11 + 2 * p, 5, dtype=F64)
+        padded[p:p + 9, p:p + 11] = y[0].permute(1, 2, 0)
+        rows, cols = torch.tensor([0, 0, 4, 8, 8]), torch.tensor([0, 10, 5, 0, 10])  # corners and the middle
+        got = context(padded, rows, cols)
+    assert len(context.tap_rows) == 12
+    torch.testing.assert_close(got, full[:, rows, cols].T, rtol=0, atol=1e-12)
+
+
+def test_masked_context_refuses_a_mask_that_differs_between_channels():
+    conv = CheckerboardMaskedConv2d(2, 4, kernel_size=5, padding=2)
+    conv.mask[0, 0, 0, 0] = 1
+    with pytest.raises(CheckpointError, match="checkerboard context_prediction is not a masked 'same' convolution"):
+        MaskedContext(conv, "checkerboard context_prediction")
+
+
+def test_numpy_blas_takes_torch_thread_count():
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            conv = torch.nn.Conv2d(4, 2, 3, padding=1).double()
+            torch.nn.init.ones_(conv.weight), torch.nn.init.zeros_(conv.bias)
+            with torch.no_grad():
+                out = Convolutions(torch.nn.Sequential(conv), "ones")(torch.ones(1, 4, 1, 1, dtype=F64))
+            assert torch.equal(out, torch.full((1, 2, 1, 1), 4.0, dtype=F64))
+            blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+            assert blas and all(lib["num_threads"] == n for lib in blas)
+    finally:
+        torch.set_num_threads(threads)
