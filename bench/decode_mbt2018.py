@@ -224,7 +224,7 @@ def main() -> None:
 
 def comparison(rows: list[dict], source: str, repeats: int, adapted_bpp: float | None) -> dict:
     """The JSON of a licbench-against-CompressAI decoding bench (this one and
-    cheng_speed.py): the median seconds of both, the decoder's exactness, the
+    compressai_speed.py): the median seconds of both, the decoder's exactness, the
     speed-ups (CompressAI's seconds over ours)."""
     def median(side: str, key: str) -> float:
         return statistics.median(r[side][key] for r in rows)

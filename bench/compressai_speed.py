@@ -1,21 +1,32 @@
-"""Cheng2020 on Kodak, CPU: licbench's latent decoding against CompressAI's serial loop.
+"""licbench against CompressAI's own compress/decompress, on the same weights and Kodak images, CPU.
 
-``cheng2020-anchor`` (or another wavefront-coded architecture, ``--arch``) at
-N = 192 with random seeded weights, made into a plausible codec as
-bench/decode_mbt2018.py does (g_a's output rescaled to a latent std of
-``--latent-std``, the entropy model fitted to it by ``--adapt-steps`` of the
-rate loss; CDF tables updated). Same weights for both sides: CompressAI's
-``model.compress`` / ``model.decompress`` (float32, ``_decompress_ar``: one
-latent position per step) and licbench's ``licbench.coding.codec.encode`` /
-``decode`` (coding/latent/wavefront.py: one anti-diagonal per step, float64
-entropy parameters). The two are interleaved: each of ``--repeats`` rounds
-runs CompressAI's call then ours, and the fastest of each is kept, so that a
-change in the machine's load falls on both. The latent decoding is everything
-before g_s starts (a forward pre-hook marks it).
+The wavefront-coded architectures (``cheng2020-anchor``, the default,
+``cheng2020-attn``, ``mbt2018``) at N = 192 with random seeded weights, made
+into a plausible codec as bench/decode_mbt2018.py does (g_a's output rescaled
+to a latent std of ``--latent-std``, the entropy model fitted to it by
+``--adapt-steps`` of the rate loss; CDF tables updated): CompressAI's serial
+loop (``_decompress_ar``: one latent position per step) against licbench's
+wavefront (coding/latent/wavefront.py: one anti-diagonal per step).
 
-    python bench/cheng_speed.py --images 1 --repeats 1 --adapt-steps 20
-    python bench/cheng_speed.py --arch cheng2020-attn --images 2
-    python bench/cheng_speed.py --arch elic --images 1    # ELIC at N 192, M 320
+CompressAI's other models that licbench codes with its own coders
+(``elic``: checkerboard and channel groups; ``mbt2018-mean``,
+``bmshj2018-hyperprior``: the hyperprior coder; ``bmshj2018-factorized``) at
+their paper size (the registry's), g_a's last convolution scaled so that the
+latent has std ``--latent-std`` on kodim01, then everything but g_a and g_s
+fitted by ``--adapt-steps`` of the rate loss (``fit_rate``), the CDF tables
+updated.
+
+Both sides run in float32 for the transforms; licbench computes everything
+that chooses a CDF in float64 on the CPU (coding/latent). The two are
+interleaved: each of ``--repeats`` rounds runs CompressAI's call then ours,
+and the fastest of each is kept, so that a change in the machine's load falls
+on both. The latent decoding is everything before g_s starts (a forward
+pre-hook marks it).
+
+    python bench/compressai_speed.py --images 1 --repeats 1 --adapt-steps 20
+    python bench/compressai_speed.py --arch cheng2020-attn --images 2
+    python bench/compressai_speed.py --arch elic --images 2 --repeats 2 --threads 1
+    python bench/compressai_speed.py --arch mbt2018-mean --images 2 --repeats 2 --threads 1
 
 Per-image lines, then one JSON object (the last line): the median seconds of
 both codecs, ``latent_decode_speedup`` (CompressAI's seconds over ours, the
@@ -45,8 +56,8 @@ from licbench.models import ARCHITECTURES, Checkpoint, build_model, weights_dige
 
 WAVEFRONT = sorted(name for name, a in ARCHITECTURES.items() if a.coder == "wavefront")
 # Other architectures that are CompressAI's own models (their compress/decompress
-# are CompressAI's): ELIC, coded here by the checkerboard and channel-group coders.
-COMPRESSAI_TOO = ["elic"]
+# are CompressAI's), coded here by licbench's own coders.
+COMPRESSAI_TOO = ["elic", "mbt2018-mean", "bmshj2018-hyperprior", "bmshj2018-factorized"]
 
 
 def flat_strings(strings) -> list[bytes]:
@@ -54,6 +65,48 @@ def flat_strings(strings) -> list[bytes]:
     if isinstance(strings, (bytes, bytearray)):
         return [strings]
     return [s for part in strings for s in flat_strings(part)]
+
+
+def fit_rate(model, images: list[np.ndarray], steps: int, seed: int) -> float:
+    """Fit the entropy model (everything but g_a and g_s) to the rate of g_a's
+    latent on 2 random 256 x 256 crops per step (Adam, as decode_mbt2018.py's
+    fit), update the CDF tables; return the estimated bpp on the crops. With
+    random weights the hyper-synthesis' scales fit no latent (tens of bits per
+    pixel); the fit brings the rate to what a codec spends."""
+    generator = torch.Generator().manual_seed(seed)
+    crops = []
+    for i in range(8):
+        im = images[i % len(images)]
+        top = int(torch.randint(im.shape[0] - 255, (1,), generator=generator))
+        left = int(torch.randint(im.shape[1] - 255, (1,), generator=generator))
+        crops.append(to_tensor(im[top:top + 256, left:left + 256]))
+    x = torch.cat(crops)
+    transforms = ("g_a.", "g_s.")
+    main = [p for n, p in model.named_parameters() if not n.startswith(transforms) and not n.endswith("quantiles")]
+    aux = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(transforms))
+    optimizer, aux_optimizer = torch.optim.Adam(main, lr=1e-3), torch.optim.Adam(aux, lr=1e-2)
+
+    def bits(batch):
+        return -sum(torch.log2(v).sum() for v in model(batch)["likelihoods"].values()) / (batch.size(0) * 256 * 256)
+
+    model.train()
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        aux_optimizer.zero_grad(set_to_none=True)
+        bits(x[step % 4 * 2: step % 4 * 2 + 2]).backward()
+        torch.nn.utils.clip_grad_norm_(main, 1.0)
+        optimizer.step()
+        model.aux_loss().backward()
+        aux_optimizer.step()
+    model.eval()
+    model.update(force=True, update_quantiles=True)
+    with torch.no_grad():
+        bpp = float(bits(x[:2]))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return bpp
 
 
 def interleaved(repeats: int, theirs, ours, mark: SynthesisMark):
@@ -91,25 +144,21 @@ def main() -> None:
     setup = time.perf_counter()
     torch.manual_seed(args.seed)
     declared = ARCHITECTURES[args.arch]
-    # N (and M = N) for the wavefront models; ELIC at its paper size (N 192, M 320).
+    # N (and M = N) for the wavefront models; the others at their paper size.
     config = ({k: args.N for k in declared.config_keys} if args.arch in WAVEFRONT else dict(declared.paper))
     model = build_model(args.arch, config)
     if args.arch in WAVEFRONT:
         with torch.enable_grad():
             adapted_bpp = plausible_codec(model, images, args.latent_std, args.adapt_steps, args.seed)
     else:
-        # ELIC's entropy model is CompressAI's latent codec (no fit here): g_a's
-        # last convolution scaled so that the latent has std --latent-std on
-        # kodim01, the CDF tables updated.
-        adapted_bpp = None
         last = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         x0 = pad_to_multiple(to_tensor(images[0]), declared.pad_multiple)
         for _ in range(3):  # attention blocks follow it: a few rounds converge
             gain = args.latent_std / model.g_a(x0).std()
             last.weight.mul_(gain)
             last.bias.mul_(gain)
-        model.update(force=True)
-        args.adapt_steps = 0
+        with torch.enable_grad():
+            adapted_bpp = fit_rate(model, images, args.adapt_steps, args.seed)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     ckpt = Checkpoint(args.arch, config, 0.0, model, weights_digest(state), {})
     source = f"random (seed {args.seed}), latent std {args.latent_std}, {args.adapt_steps} rate-only steps"
