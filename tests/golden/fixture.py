@@ -151,13 +151,18 @@ def _rounded(value: float, bits: int = 12) -> float:
     return math.ldexp(round(mantissa * (1 << bits)) / (1 << bits), exponent)
 
 
-def block_means(image: np.ndarray, block: int = 8) -> list:
+def block_means(image: np.ndarray, block: int = 8) -> list[str]:
     """The means of ``image``'s ``block`` x ``block`` tiles (edge tiles
-    smaller), per channel, to 1e-3 of a level: rows of tiles, columns of
-    tiles, channels."""
+    smaller), per channel, to 1e-3 of a level: one line per row of tiles,
+    tile by tile, the channels of each in order."""
     h, w = image.shape[:2]
-    return [[[round(float(image[i:i + block, j:j + block, c].mean()), 3) for c in range(image.shape[2])]
-             for j in range(0, w, block)] for i in range(0, h, block)]
+    return [" ".join(f"{image[i:i + block, j:j + block, c].mean():.3f}"
+                     for j in range(0, w, block) for c in range(image.shape[2]))
+            for i in range(0, h, block)]
+
+
+def parse_block_means(lines: list[str]) -> np.ndarray:
+    return np.array([[float(v) for v in line.split()] for line in lines])
 
 
 def sha256(data: bytes) -> str:
