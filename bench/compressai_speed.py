@@ -48,10 +48,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_mbt2018 import SynthesisMark, comparison, kodak_images, plausible_codec, timed  # noqa: E402
-from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor, to_uint8  # noqa: E402
+from decode_mbt2018 import (  # noqa: E402
+    SynthesisMark, comparison, image_row, kodak_images, plausible_codec, random_crops, timed,
+)
+from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor  # noqa: E402
 from licbench.data.images import load_rgb8  # noqa: E402
-from licbench.metrics import psnr  # noqa: E402
 from licbench.models import ARCHITECTURES, Checkpoint, build_model, weights_digest  # noqa: E402
 
 WAVEFRONT = sorted(name for name, a in ARCHITECTURES.items() if a.coder == "wavefront")
@@ -73,14 +74,7 @@ def fit_rate(model, images: list[np.ndarray], steps: int, seed: int) -> float:
     fit), update the CDF tables; return the estimated bpp on the crops. With
     random weights the hyper-synthesis' scales fit no latent (tens of bits per
     pixel); the fit brings the rate to what a codec spends."""
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for i in range(8):
-        im = images[i % len(images)]
-        top = int(torch.randint(im.shape[0] - 255, (1,), generator=generator))
-        left = int(torch.randint(im.shape[1] - 255, (1,), generator=generator))
-        crops.append(to_tensor(im[top:top + 256, left:left + 256]))
-    x = torch.cat(crops)
+    x = random_crops(images, seed)
     transforms = ("g_a.", "g_s.")
     main = [p for n, p in model.named_parameters() if not n.startswith(transforms) and not n.endswith("quantiles")]
     aux = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
@@ -173,33 +167,16 @@ def main() -> None:
 
     rows = []
     for path, image in zip(paths, images):
-        h, w = image.shape[:2]
         x = pad_to_multiple(to_tensor(image), declared.pad_multiple)
         (cai, cai_encode, _, _), ((bs, enc_latent), our_encode, _, _) = interleaved(
             args.repeats, lambda: model.compress(x), lambda: encode(ckpt, image), mark)
         (cai_out, cai_decode, cai_latent_t, cai_latent), ((decoded, dec_latent), our_decode, our_latent_t, _) = \
             interleaved(args.repeats, lambda: model.decompress(cai["strings"], cai["shape"]),
                         lambda: decode(ckpt, bs), mark)
-        cai_image = to_uint8(cai_out["x_hat"][..., :h, :w])
-        row = {
-            "image": path.name,
-            "bpp": 8 * sum(len(s) for s in bs.streams) / (h * w),
-            "bpp_compressai": 8 * sum(map(len, flat_strings(cai["strings"]))) / (h * w),
-            "identical": torch.equal(enc_latent, dec_latent),
-            "symbols_differing": int(((cai_latent - dec_latent).abs() > 0.5).sum()),
-            "symbols": dec_latent.numel(),
-            "psnr": psnr(image, decoded),
-            "psnr_compressai": psnr(image, cai_image),
-            "max_pixel_diff": int(np.abs(decoded.astype(int) - cai_image.astype(int)).max()),
-            "compressai": {"encode": cai_encode, "decode": cai_decode, "latent_decode": cai_latent_t},
-            "licbench": {"encode": our_encode, "decode": our_decode, "latent_decode": our_latent_t},
-        }
-        rows.append(row)
-        print(f"{path.name}: {row['bpp']:.3f} bpp ({row['bpp_compressai']:.3f} CompressAI), identical "
-              f"{row['identical']}, {row['symbols_differing']} symbols differ, PSNR {row['psnr']:.3f} / "
-              f"{row['psnr_compressai']:.3f} dB; encode {our_encode:.2f} / {cai_encode:.2f} s, decode "
-              f"{our_decode:.2f} / {cai_decode:.2f} s, latent {our_latent_t:.2f} / {cai_latent_t:.2f} s "
-              "(licbench / CompressAI)", flush=True)
+        rows.append(image_row(path, image, bs, enc_latent, decoded, dec_latent, cai_out, cai_latent,
+                              {"encode": cai_encode, "decode": cai_decode, "latent_decode": cai_latent_t},
+                              {"encode": our_encode, "decode": our_decode, "latent_decode": our_latent_t},
+                              flat_strings(cai["strings"])))
 
     result = {"arch": args.arch, "images": len(rows), "config": config,
               **comparison(rows, source, args.repeats, adapted_bpp)}

@@ -76,8 +76,8 @@ def rate_bits(model, y: torch.Tensor) -> torch.Tensor:
     return -(torch.log2(y_likelihoods).sum() + torch.log2(z_likelihoods).sum())
 
 
-def plausible_codec(model, images: list[np.ndarray], latent_std: float, steps: int, seed: int):
-    """Rescale g_a's output to ``latent_std``, fit the entropy model to it (rate only)."""
+def random_crops(images: list[np.ndarray], seed: int) -> torch.Tensor:
+    """8 x 3 x 256 x 256: seeded random crops of ``images``, in turn, for a rate-only fit."""
     generator = torch.Generator().manual_seed(seed)
     crops = []
     for i in range(8):
@@ -85,7 +85,12 @@ def plausible_codec(model, images: list[np.ndarray], latent_std: float, steps: i
         top = int(torch.randint(im.shape[0] - 255, (1,), generator=generator))
         left = int(torch.randint(im.shape[1] - 255, (1,), generator=generator))
         crops.append(to_tensor(im[top:top + 256, left:left + 256]))
-    x = torch.cat(crops)
+    return torch.cat(crops)
+
+
+def plausible_codec(model, images: list[np.ndarray], latent_std: float, steps: int, seed: int):
+    """Rescale g_a's output to ``latent_std``, fit the entropy model to it (rate only)."""
+    x = random_crops(images, seed)
     with torch.no_grad():
         last = model.g_a[-1]
         gain = latent_std / model.g_a(x).std()
@@ -190,7 +195,6 @@ def main() -> None:
 
     rows = []
     for path, image in zip(paths, images):
-        h, w = image.shape[:2]
         x = pad_to_multiple(to_tensor(image), 64)
         cai, cai_encode, _ = fastest(args.repeats, lambda: model.compress(x), mark)
         cai_out, cai_decode, cai_latent_t = fastest(
@@ -198,28 +202,45 @@ def main() -> None:
         cai_latent = mark.latent
         (bs, enc_latent), our_encode, _ = fastest(args.repeats, lambda: encode(ckpt, image), mark)
         (decoded, dec_latent), our_decode, our_latent_t = fastest(args.repeats, lambda: decode(ckpt, bs), mark)
-        cai_image = to_uint8(cai_out["x_hat"][..., :h, :w])
-        row = {
-            "image": path.name,
-            "bpp": 8 * sum(len(s) for s in bs.streams) / (h * w),
-            "identical": torch.equal(enc_latent, dec_latent),
-            "symbols_differing": int(((cai_latent - dec_latent).abs() > 0.5).sum()),
-            "symbols": dec_latent.numel(),
-            "psnr": psnr(image, decoded),
-            "psnr_compressai": psnr(image, cai_image),
-            "max_pixel_diff": int(np.abs(decoded.astype(int) - cai_image.astype(int)).max()),
-            "compressai": {"encode": cai_encode, "decode": cai_decode, "latent_decode": cai_latent_t},
-            "licbench": {"encode": our_encode, "decode": our_decode, "latent_decode": our_latent_t},
-        }
-        rows.append(row)
-        print(f"{path.name}: {row['bpp']:.3f} bpp, identical {row['identical']}, "
-              f"{row['symbols_differing']} symbols differ, PSNR {row['psnr']:.3f} / {row['psnr_compressai']:.3f} dB; "
-              f"encode {our_encode:.2f} / {cai_encode:.2f} s, decode {our_decode:.2f} / {cai_decode:.2f} s, "
-              f"latent {our_latent_t:.2f} / {cai_latent_t:.2f} s (licbench / CompressAI)", flush=True)
+        rows.append(image_row(path, image, bs, enc_latent, decoded, dec_latent, cai_out, cai_latent,
+                              {"encode": cai_encode, "decode": cai_decode, "latent_decode": cai_latent_t},
+                              {"encode": our_encode, "decode": our_decode, "latent_decode": our_latent_t}))
 
     result = {"images": len(rows), "N": int(ckpt.config["N"]), "M": int(ckpt.config["M"]),
               **comparison(rows, source, args.repeats, adapted_bpp)}
     print(json.dumps(result))
+
+
+def image_row(path: Path, image: np.ndarray, bs, enc_latent: torch.Tensor, decoded: np.ndarray,
+              dec_latent: torch.Tensor, cai_out: dict, cai_latent: torch.Tensor, cai_seconds: dict,
+              our_seconds: dict, cai_strings=None) -> dict:
+    """One image of a licbench-against-CompressAI bench (this one and
+    compressai_speed.py), printed as one line: bpp (and CompressAI's, given its
+    strings), the decoder's exactness, the symbols the two quantized
+    differently, PSNR, seconds."""
+    h, w = image.shape[:2]
+    cai_image = to_uint8(cai_out["x_hat"][..., :h, :w])
+    row = {"image": path.name, "bpp": 8 * sum(len(s) for s in bs.streams) / (h * w)}
+    if cai_strings is not None:
+        row["bpp_compressai"] = 8 * sum(map(len, cai_strings)) / (h * w)
+    row.update({
+        "identical": torch.equal(enc_latent, dec_latent),
+        "symbols_differing": int(((cai_latent - dec_latent).abs() > 0.5).sum()),
+        "symbols": dec_latent.numel(),
+        "psnr": psnr(image, decoded),
+        "psnr_compressai": psnr(image, cai_image),
+        "max_pixel_diff": int(np.abs(decoded.astype(int) - cai_image.astype(int)).max()),
+        "compressai": cai_seconds,
+        "licbench": our_seconds,
+    })
+    theirs = f" ({row['bpp_compressai']:.3f} CompressAI)" if cai_strings is not None else ""
+    print(f"{path.name}: {row['bpp']:.3f} bpp{theirs}, identical {row['identical']}, "
+          f"{row['symbols_differing']} symbols differ, PSNR {row['psnr']:.3f} / {row['psnr_compressai']:.3f} dB; "
+          f"encode {our_seconds['encode']:.2f} / {cai_seconds['encode']:.2f} s, "
+          f"decode {our_seconds['decode']:.2f} / {cai_seconds['decode']:.2f} s, "
+          f"latent {our_seconds['latent_decode']:.2f} / {cai_seconds['latent_decode']:.2f} s "
+          "(licbench / CompressAI)", flush=True)
+    return row
 
 
 def comparison(rows: list[dict], source: str, repeats: int, adapted_bpp: float | None) -> dict:
