@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decode_mbt2018 import (  # noqa: E402
-    SynthesisMark, comparison, image_row, kodak_images, plausible_codec, random_crops, timed,
+    SynthesisMark, comparison, image_row, kodak_images, plausible_codec, random_crops, timed, warm_up,
 )
 from licbench.coding.codec import decode, encode, pad_to_multiple, to_tensor  # noqa: E402
 from licbench.data.images import load_rgb8  # noqa: E402
@@ -159,11 +159,7 @@ def main() -> None:
     print(f"{args.arch}: {source}, {config}, setup {time.perf_counter() - setup:.1f} s", file=sys.stderr)
     mark = SynthesisMark(model)
 
-    # Warm-up (first-call allocations, the float64 copy of the model) on a small crop.
-    warm = images[0][:128, :128]
-    decode(ckpt, encode(ckpt, warm)[0])
-    out = model.compress(to_tensor(warm))
-    model.decompress(out["strings"], out["shape"])
+    warm_up(ckpt, model, images[0])
 
     rows = []
     for path, image in zip(paths, images):

@@ -187,11 +187,7 @@ def main() -> None:
           file=sys.stderr)
     mark = SynthesisMark(model)
 
-    # Warm-up (first-call allocations, the float64 copy of the model) on a small crop.
-    warm = images[0][:128, :128]
-    decode(ckpt, encode(ckpt, warm)[0])
-    out = model.compress(to_tensor(warm))
-    model.decompress(out["strings"], out["shape"])
+    warm_up(ckpt, model, images[0])
 
     rows = []
     for path, image in zip(paths, images):
@@ -209,6 +205,14 @@ def main() -> None:
     result = {"images": len(rows), "N": int(ckpt.config["N"]), "M": int(ckpt.config["M"]),
               **comparison(rows, source, args.repeats, adapted_bpp)}
     print(json.dumps(result))
+
+
+def warm_up(ckpt: Checkpoint, model, image: np.ndarray) -> None:
+    """Both codecs once on a 128 x 128 crop: first-call allocations, the float64 copy of the model."""
+    warm = image[:128, :128]
+    decode(ckpt, encode(ckpt, warm)[0])
+    out = model.compress(to_tensor(warm))
+    model.decompress(out["strings"], out["shape"])
 
 
 def image_row(path: Path, image: np.ndarray, bs, enc_latent: torch.Tensor, decoded: np.ndarray,
