@@ -23,6 +23,7 @@ from ..models import Checkpoint, get_architecture
 from . import autoregressive, channelwise, hyper, prototypes, scctx
 from .container import Bitstream
 from .hyper import entropy_parameters  # noqa: F401  (re-exported)
+from .latent import transforms_input
 from .rans import GuardedStream, guard
 
 
@@ -95,7 +96,7 @@ def encode(ckpt: Checkpoint, image: np.ndarray) -> tuple[Bitstream, torch.Tensor
     """The bitstream of ``image`` and the quantized latent it codes."""
     spec = get_architecture(ckpt.arch)
     device = next(ckpt.model.parameters()).device
-    x = pad_to_multiple(to_tensor(image, device), spec.pad_multiple)
+    x = transforms_input(pad_to_multiple(to_tensor(image, device), spec.pad_multiple), ckpt.model)
     out = get_coder(ckpt.arch).compress(ckpt, x)
     if len(out["strings"]) != spec.n_streams:
         raise ValueError(f"{ckpt.arch}'s coder wrote {len(out['strings'])} streams, not {spec.streams}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..models import Checkpoint, get_architecture
-from .latent import Exact, factorized, gaussian
+from .latent import Exact, factorized, gaussian, transforms_input
 
 
 def options(ckpt: Checkpoint) -> dict:
@@ -40,10 +40,6 @@ def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor, exact: Exact | Non
     return params, None
 
 
-def _device(ckpt: Checkpoint) -> torch.device:
-    return next(ckpt.model.parameters()).device
-
-
 def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     model, exact = ckpt.model, Exact(ckpt)
     y = model.g_a(x)
@@ -51,7 +47,7 @@ def hyper_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     z_strings, z_hat = factorized.compress(model.entropy_bottleneck, z)
     scales, means = entropy_parameters(ckpt, z_hat, exact)
     y_strings, y_hat = gaussian.compress(model.gaussian_conditional, exact(y), scales, means)
-    return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
+    return {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "y_hat": transforms_input(y_hat, model)}
 
 
 def hyper_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
@@ -59,7 +55,7 @@ def hyper_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict
     z_hat = factorized.decompress(model.entropy_bottleneck, streams[1], shape)
     scales, means = entropy_parameters(ckpt, z_hat)
     y_hat = gaussian.decompress(model.gaussian_conditional, streams[0], scales, means)
-    y_hat = y_hat.to(_device(ckpt), torch.float32)
+    y_hat = transforms_input(y_hat, model)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
 
 
@@ -72,5 +68,5 @@ def factorized_compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
 
 def factorized_decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model = ckpt.model
-    y_hat = factorized.decompress(model.entropy_bottleneck, streams[0], shape)
+    y_hat = transforms_input(factorized.decompress(model.entropy_bottleneck, streams[0], shape), model)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

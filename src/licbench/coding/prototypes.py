@@ -16,7 +16,7 @@ import torch
 
 from ..models import Checkpoint
 from .hyper import max_symbols as hyperprior_symbols
-from .latent import Exact, factorized, slices
+from .latent import Exact, factorized, slices, transforms_input
 
 
 def max_symbols(config: dict, height: int, width: int) -> int:
@@ -43,7 +43,7 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
 
     params = m64.entropy_parameters(exact(z_hat), y.shape[-2:], expanded2)
     y_strings, y_hat = slices.compress(m64.channel_conditional, exact(y), *params)
-    return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:], "y_hat": y_hat.to(x)}
+    return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:], "y_hat": transforms_input(y_hat, model)}
 
 
 @torch.no_grad()
@@ -51,7 +51,6 @@ def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     """The image (and ``y_hat``) from the four guarded streams and ``z``'s shape."""
     model, exact = ckpt.model, Exact(ckpt)
     m64 = exact.model
-    device = next(model.parameters()).device
     grid = (model.grid, model.grid)
     z_hat = factorized.decompress(model.entropy_bottleneck, streams[1], shape)
     latents1 = factorized.decompress(model.prototype_coder1.entropy_bottleneck, streams[2], grid)
@@ -59,7 +58,8 @@ def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     y_size = (4 * z_hat.size(2), 4 * z_hat.size(3))
     expanded2 = m64.expand_grid(m64.prototype_coder2.g_s(exact(latents2)), y_size)
     params = m64.entropy_parameters(exact(z_hat), y_size, expanded2)
-    y_hat = slices.decompress(m64.channel_conditional, streams[0], *params).to(device, torch.float32)
+    y_hat = slices.decompress(m64.channel_conditional, streams[0], *params)
+    y_hat = transforms_input(y_hat, model)
 
     features = model.g_s0(y_hat)
     prototypes1 = model.prototype_coder1.g_s(latents1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..models import Checkpoint
-from .latent import Exact, factorized, groups
+from .latent import Exact, factorized, groups, transforms_input
 
 
 def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
@@ -22,7 +22,7 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     if params.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"latent {tuple(y.shape[-2:])} is not 4x z_hat's: pad the image to a multiple of 64")
     y_string, y_hat = groups.compress(exact.module("latent_codec.y"), exact(y), params)
-    return {"strings": [[y_string], z_strings], "shape": z.shape[-2:], "y_hat": y_hat.to(x.device, torch.float32)}
+    return {"strings": [[y_string], z_strings], "shape": z.shape[-2:], "y_hat": transforms_input(y_hat, model)}
 
 
 def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
@@ -30,5 +30,5 @@ def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     z_hat = factorized.decompress(model.latent_codec["hyper"].entropy_bottleneck, streams[1], shape)
     params = exact.module("latent_codec.hyper.h_s")(exact(z_hat))
     y_hat = groups.decompress(exact.module("latent_codec.y"), streams[0], params)
-    y_hat = y_hat.to(next(model.parameters()).device, torch.float32)
+    y_hat = transforms_input(y_hat, model)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}
