@@ -6,7 +6,8 @@ import torch
 from compressai.layers import CheckerboardMaskedConv2d, MaskedConv2d
 from threadpoolctl import threadpool_info
 
-from licbench.coding.latent.layers import Convolutions, MaskedContext, Pointwise
+from licbench.coding.latent import transforms_input
+from licbench.coding.latent.layers import Convolutions, MaskedContext, Pointwise, prepared
 from licbench.errors import CheckpointError
 
 F64 = torch.float64
@@ -74,3 +75,37 @@ def test_numpy_blas_takes_torch_thread_count():
             assert blas and all(lib["num_threads"] == n for lib in blas)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_pointwise_skips_leading_zero_columns_as_if_they_were_multiplied():
+    torch.manual_seed(2)
+    stack = torch.nn.Sequential(torch.nn.Conv2d(10, 7, 1), torch.nn.ReLU(), torch.nn.Conv2d(7, 3, 1)).double()
+    pointwise = Pointwise(stack, "entropy_parameters")
+    rest = torch.randn(6, 6, dtype=F64)
+    with torch.no_grad():
+        full = pointwise(torch.cat((torch.zeros(6, 4, dtype=F64), rest), dim=1))
+        skipped = pointwise(rest, zeros=4)
+        again = pointwise(rest, zeros=4)
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-12)
+    assert torch.equal(again, skipped)
+
+
+def test_prepared_layers_are_made_once_per_module_and_errors_are_not_kept():
+    a, b = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1)), torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1))
+    first = prepared(Pointwise, a, "entropy_parameters")
+    assert prepared(Pointwise, a, "entropy_parameters") is first
+    assert prepared(Pointwise, b, "entropy_parameters") is not first
+    bad = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1))
+    for _ in range(2):  # refused each time, not once
+        with pytest.raises(CheckpointError, match="where a pointwise one is expected"):
+            prepared(Pointwise, bad, "entropy_parameters")
+
+
+def test_transforms_take_float32_channels_last_on_the_cpu():
+    model = torch.nn.Conv2d(3, 2, 3)
+    contiguous = torch.rand(1, 3, 5, 7, dtype=F64)
+    x = transforms_input(contiguous, model)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, contiguous.float())
+    flat = torch.rand(3, 4)
+    assert transforms_input(flat, model).is_contiguous()

@@ -24,7 +24,7 @@ import torch
 from ...errors import CheckpointError
 from ..rans import StreamDecoder, entropy_model_tables
 from . import FLOAT64
-from .layers import MaskedContext, Pointwise, scale_indexes
+from .layers import MaskedContext, Pointwise, prepared, scale_indexes
 
 
 def anchors(codec, height: int, width: int) -> torch.Tensor:
@@ -40,15 +40,15 @@ class Pass:
     (``y_hat``: padded, channels last)."""
 
     def __init__(self, codec, side: torch.Tensor):
-        self.context = MaskedContext(codec.context_prediction, "checkerboard context_prediction")
+        self.context = prepared(MaskedContext, codec.context_prediction, "checkerboard context_prediction")
         di, dj = self.context.offsets
         if not bool(((di + dj) % 2 == 1).all()):
             raise CheckpointError("checkerboard context_prediction.mask reads positions of its own pass; "
                                   "the checkpoint is damaged")
-        self.entropy_parameters = Pointwise(codec.entropy_parameters, "checkerboard entropy_parameters")
+        self.entropy_parameters = prepared(Pointwise, codec.entropy_parameters, "checkerboard entropy_parameters")
         self.chunk = codec.latent_codec["y"]._chunk
         self.gc = codec.latent_codec["y"].gaussian_conditional
-        self.tables = entropy_model_tables(self.gc)
+        self.tables = prepared(entropy_model_tables, self.gc)
         height, width = side.shape[-2:]
         self.side = side[0].permute(1, 2, 0)  # H x W x C
         p = self.context.pad
@@ -61,11 +61,11 @@ class Pass:
         """(indexes, means, rows, cols): the CDF indexes and means (C x n) at
         the pass's positions (rows, cols)."""
         rows, cols = self.positions[0 if first else 1]
-        if first:
-            ctx = torch.zeros((len(rows), self.context_channels), dtype=FLOAT64)
+        if first:  # a zero context: its columns of the first product are skipped
+            params = self.entropy_parameters(self.side[rows, cols], zeros=self.context_channels)
         else:
             ctx = self.context(self.y_hat, rows, cols)
-        params = self.entropy_parameters(torch.cat((ctx, self.side[rows, cols]), dim=1))
+            params = self.entropy_parameters(torch.cat((ctx, self.side[rows, cols]), dim=1))
         scales, means = self.chunk(params.T[None])
         return scale_indexes(self.gc, scales[0]), means[0], rows, cols
 

@@ -15,13 +15,13 @@ from compressai.ans import BufferedRansEncoder
 
 from ..rans import GuardedStream, StreamDecoder
 from . import checkerboard
-from .layers import Convolutions
+from .layers import Convolutions, prepared
 
 
 def side_parameters(codec, k: int, hyper: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor:
     if k == 0:
         return hyper
-    context = Convolutions(codec.channel_context[f"y{k}"], f"ELIC channel_context.y{k}")
+    context = prepared(Convolutions, codec.channel_context[f"y{k}"], f"ELIC channel_context.y{k}")
     return torch.cat((context(torch.cat(decoded, dim=1)), hyper), dim=1)
 
 

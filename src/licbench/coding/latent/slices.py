@@ -15,6 +15,7 @@ import torch
 from compressai.ans import BufferedRansEncoder
 
 from ..rans import GuardedStream, StreamDecoder, entropy_model_tables
+from .layers import prepared
 
 
 def compress(cc, y: torch.Tensor, latent_means: torch.Tensor,
@@ -33,7 +34,7 @@ def compress(cc, y: torch.Tensor, latent_means: torch.Tensor,
         raise ValueError("the slices coder codes one image at a time")
     encoder = BufferedRansEncoder()
     encoder.encode_with_indexes(torch.cat(symbols, dim=1)[0].tolist(), torch.cat(indexes, dim=1)[0].tolist(),
-                                *entropy_model_tables(gc))
+                                *prepared(entropy_model_tables, gc))
     return [encoder.flush()], torch.cat(y_hat_slices, dim=1)
 
 
@@ -42,7 +43,7 @@ def decompress(cc, stream: GuardedStream, latent_means: torch.Tensor,
     """y_hat from the stream, slice by slice; the stream's end checked. y has
     the spatial size of the hyper-synthesis features."""
     gc = cc.gaussian_conditional
-    tables = entropy_model_tables(gc)
+    tables = prepared(entropy_model_tables, gc)
     decoder = StreamDecoder(stream)
     y_hat_slices = []
     for i in range(cc.num_slices):

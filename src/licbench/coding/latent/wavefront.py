@@ -34,7 +34,7 @@ from compressai.ans import RansEncoder
 from ...errors import CheckpointError
 from ..rans import GuardedStream, StreamDecoder, entropy_model_tables
 from . import FLOAT64, Exact
-from .layers import MaskedContext, Pointwise, scale_indexes
+from .layers import MaskedContext, Pointwise, prepared, scale_indexes
 
 
 class WavefrontContext:
@@ -50,7 +50,7 @@ class WavefrontContext:
         model = exact.model
         if z_hat.size(0) != 1:
             raise ValueError("the mbt2018 coder codes one image at a time")
-        self.context = MaskedContext(model.context_prediction, "mbt2018 context_prediction")
+        self.context = prepared(MaskedContext, model.context_prediction, "mbt2018 context_prediction")
         di, dj = self.context.offsets
         if not bool((3 * di + dj < 0).all()):
             raise CheckpointError(
@@ -58,14 +58,14 @@ class WavefrontContext:
                 "that wavefront decoding relies on; the checkpoint is damaged"
             )
         self.pad = self.context.pad
-        self.entropy_parameters = Pointwise(model.entropy_parameters, "mbt2018 entropy_parameters")
+        self.entropy_parameters = prepared(Pointwise, model.entropy_parameters, "mbt2018 entropy_parameters")
         self.gc = model.gaussian_conditional
         params = exact.call("h_s", z_hat)  # 1 x 2M x H x W
         self.params = params[0].permute(1, 2, 0).contiguous()  # H x W x 2M
         self.height, self.width = params.shape[-2:]
         p = self.pad  # row r, column c of the padded latent hold y_hat's (r - p, c - p)
         self.y_hat = torch.zeros((self.height + 2 * p, self.width + 2 * p, model.M), dtype=FLOAT64)
-        self.tables = entropy_model_tables(self.gc)
+        self.tables = prepared(entropy_model_tables, self.gc)
 
     def wavefronts(self):
         """(rows, cols) of each anti-diagonal t = 3 i + j, rows increasing."""
