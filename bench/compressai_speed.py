@@ -33,12 +33,16 @@ both codecs, ``latent_decode_speedup`` (CompressAI's seconds over ours, the
 goal is 8x), ``decode_speedup``, ``encode_speedup``, ``identical`` (our decoder
 rebuilt our encoder's latent exactly), ``symbols_differing`` (latent symbols
 the two codecs quantized differently), ``max_psnr_diff_db``, bpp and the load.
+``--profile`` adds, on stderr, a cProfile of one licbench encode and decode of
+the first image.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -130,6 +134,8 @@ def main() -> None:
     parser.add_argument("--latent-std", type=float, default=1.5)
     parser.add_argument("--adapt-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds per image; the fastest is kept")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one licbench encode and decode of the first image (cProfile, to stderr)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = kodak_images(args.images)
@@ -176,7 +182,20 @@ def main() -> None:
 
     result = {"arch": args.arch, "images": len(rows), "config": config,
               **comparison(rows, source, args.repeats, adapted_bpp)}
+    if args.profile:
+        profile(ckpt, images[0], paths[0].name)
     print(json.dumps(result))
+
+
+def profile(ckpt, image: np.ndarray, name: str) -> None:
+    """cProfile of one encode and one decode of ``image``, the 15 functions of
+    most own time each, to stderr."""
+    bs, _ = encode(ckpt, image)
+    for verb, fn in (("encode", lambda: encode(ckpt, image)), ("decode", lambda: decode(ckpt, bs))):
+        profiler = cProfile.Profile()
+        profiler.runcall(fn)
+        print(f"--- licbench {verb}, {name}", file=sys.stderr)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(15)
 
 
 if __name__ == "__main__":
