@@ -43,7 +43,8 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
 
     params = m64.entropy_parameters(exact(z_hat), y.shape[-2:], expanded2)
     y_strings, y_hat = slices.compress(m64.channel_conditional, exact(y), *params)
-    return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:], "y_hat": transforms_input(y_hat, model)}
+    return {"strings": [y_strings, z_strings, strings1, strings2], "shape": z.shape[-2:],
+            "y_hat": transforms_input(y_hat, model)}
 
 
 @torch.no_grad()
