@@ -36,7 +36,7 @@ FLOAT64 = torch.float64
 def transforms_input(t: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """``t`` as the model's float32 transforms (g_a, g_s) take it: float32 on
     the model's device and, on the CPU, channels last. oneDNN's convolutions
-    take 15-40 % less time in that layout (g_a and g_s of elic, mbt2018-mean
+    take 16-41 % less time in that layout (g_a and g_s of elic, mbt2018-mean
     and cheng2020-anchor on a 768 x 512 image, one or two threads), and
     without this the layout would be an accident of where a tensor came from:
     a Kodak image arrives channels last, a padded one not, and each latent
