@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_info
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -247,6 +248,16 @@ def image_row(path: Path, image: np.ndarray, bs, enc_latent: torch.Tensor, decod
     return row
 
 
+def blas_kernels() -> dict:
+    """The BLAS libraries loaded (threadpoolctl: numpy's and scipy's OpenBLAS run
+    the float64 channel contexts, coding/latent/layers.py) with the kernels each
+    chose, and OPENBLAS_CORETYPE, which overrides that choice (some machines set
+    it: docs/measurements/compressai-speed.md)."""
+    libs = [f"{lib['internal_api']} {lib['version']} {lib.get('architecture')}"
+            for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return {"libraries": libs, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+
+
 def comparison(rows: list[dict], source: str, repeats: int, adapted_bpp: float | None) -> dict:
     """The JSON of a licbench-against-CompressAI decoding bench (this one and
     compressai_speed.py): the median seconds of both, the decoder's exactness, the
@@ -259,6 +270,7 @@ def comparison(rows: list[dict], source: str, repeats: int, adapted_bpp: float |
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "load_average": [round(v, 2) for v in os.getloadavg()],
+        "blas": blas_kernels(),
         "bpp": round(statistics.median(r["bpp"] for r in rows), 4),
         "adapted_estimated_bpp": None if adapted_bpp is None else round(adapted_bpp, 4),
         "compressai_seconds": {k: round(median("compressai", k), 3) for k in ("encode", "decode", "latent_decode")},
