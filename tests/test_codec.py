@@ -203,10 +203,10 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
         # same float64 calls with the image inside a batch of two.
         with torch.no_grad():
             exact = Exact(ckpt)
-            codec, h_s = exact.module("latent_codec.y"), exact.module("latent_codec.hyper.h_s")
+            codec = exact.module("latent_codec.y")
             z_hat = ckpt.model.latent_codec["hyper"].entropy_bottleneck.decompress(
                 [bs.streams[1]], torch.Size(bs.shape))
-            hyper = h_s(exact(z_hat))
+            hyper = exact.stack("latent_codec.hyper.h_s", z_hat)
             _, y_hat = groups.compress(codec, exact(ckpt.model.g_a(x)), hyper)
             assert torch.equal(y_hat.float(), expected)
             alone, decoded = [], []
@@ -217,7 +217,7 @@ def test_decoding_does_not_depend_on_threads_or_batch_layout(arch, crop, tmp_pat
                     alone.append((indexes, means, (rows, cols)))
                     p.put(rows, cols, y_k[0][:, rows, cols])
                 decoded.append(y_k)
-            other_hyper = h_s(exact(torch.round(4 * torch.randn_like(z_hat))))
+            other_hyper = exact.stack("latent_codec.hyper.h_s", torch.round(4 * torch.randn_like(z_hat)))
             batch = scctx_parameters_in_a_batch(codec, torch.cat([hyper, other_hyper]),
                                                 torch.cat([y_hat, torch.round(4 * torch.randn_like(y_hat))]),
                                                 [positions for _, _, positions in alone])

@@ -22,16 +22,47 @@ def test_convolutions_are_the_stack_of_convolutions(size):
     x = torch.randn(1, 6, *size, dtype=F64)
     with torch.no_grad():
         expected = stack(x)
-        got = Convolutions(stack, "a stack")(x)
+        got = Convolutions(stack)(x)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
-def test_convolutions_refuse_what_is_not_a_same_convolution():
-    for conv in (torch.nn.Conv2d(4, 4, 5, stride=2, padding=2), torch.nn.Conv2d(4, 4, 5, padding=1),
-                 torch.nn.Conv2d(4, 4, 4, padding=2)):
-        with pytest.raises(CheckpointError, match="channel_context.y1 is not a stack of 'same' convolutions"):
-            Convolutions(torch.nn.Sequential(conv), "channel_context.y1")
+def hyper_syntheses():
+    """CompressAI's hyper-syntheses (transposed convolutions; 'same' ones and
+    pixel shuffles in nested stacks) and convolutions of every other kind."""
+    from compressai.models import Cheng2020Anchor, Elic2022Official, MeanScaleHyperprior, ScaleHyperprior
+
+    nn = torch.nn
+    return {
+        "elic": Elic2022Official(N=16, M=136).latent_codec["hyper"].h_s,
+        "mbt2018-mean": MeanScaleHyperprior(8, 12).h_s,
+        "bmshj2018-hyperprior": ScaleHyperprior(8, 12).h_s,
+        "cheng2020": Cheng2020Anchor(8).h_s,
+        "other kinds": nn.Sequential(
+            nn.ConvTranspose2d(5, 7, 4, stride=3, padding=1, output_padding=2), nn.GELU(),
+            nn.ConvTranspose2d(7, 6, (3, 2), stride=(1, 2), bias=False), nn.LeakyReLU(0.1),
+            nn.Conv2d(6, 4, 3, stride=2), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+            nn.Sequential(nn.Conv2d(4, 8, 1), nn.PixelShuffle(2))),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(hyper_syntheses()))
+@pytest.mark.parametrize("size", [(1, 1), (3, 5)])
+def test_convolutions_run_any_stack_as_the_stack_does(name, size):
+    torch.manual_seed(3)
+    stack = hyper_syntheses()[name].double()
+    x = torch.randn(1, stack[0].in_channels, *size, dtype=F64)
+    with torch.no_grad():
+        expected = stack(x)
+        got = Convolutions(stack)(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        batch = Convolutions(stack)(torch.cat((torch.randn_like(x), x)))
+    assert torch.equal(batch[1:], got)
+
+
+def test_pointwise_refuses_what_is_not_pointwise():
     with pytest.raises(CheckpointError, match="has a 3x3 convolution where a pointwise one is expected"):
         Pointwise(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1)), "entropy_parameters")
 
@@ -69,7 +100,7 @@ def test_numpy_blas_takes_torch_thread_count():
             conv = torch.nn.Conv2d(4, 2, 3, padding=1).double()
             torch.nn.init.ones_(conv.weight), torch.nn.init.zeros_(conv.bias)
             with torch.no_grad():
-                out = Convolutions(torch.nn.Sequential(conv), "ones")(torch.ones(1, 4, 1, 1, dtype=F64))
+                out = Convolutions(torch.nn.Sequential(conv))(torch.ones(1, 4, 1, 1, dtype=F64))
             assert torch.equal(out, torch.full((1, 2, 1, 1), 4.0, dtype=F64))
             blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
             assert blas and all(lib["num_threads"] == n for lib in blas)

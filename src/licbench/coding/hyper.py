@@ -33,7 +33,7 @@ def max_symbols(config: dict, height: int, width: int) -> int:
 
 def entropy_parameters(ckpt: Checkpoint, z_hat: torch.Tensor, exact: Exact | None = None):
     """(scales, means or None) from z_hat: h_s in float64 on the CPU."""
-    params = (exact or Exact(ckpt)).call("h_s", z_hat)
+    params = (exact or Exact(ckpt)).stack("h_s", z_hat)
     if options(ckpt)["means"]:
         scales, means = params.chunk(2, 1)
         return scales, means

@@ -18,7 +18,7 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
     y = model.g_a(x)
     z = hyper.h_a(y)
     z_strings, z_hat = factorized.compress(hyper.entropy_bottleneck, z)
-    params = exact.module("latent_codec.hyper.h_s")(exact(z_hat))
+    params = exact.stack("latent_codec.hyper.h_s", z_hat)
     if params.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"latent {tuple(y.shape[-2:])} is not 4x z_hat's: pad the image to a multiple of 64")
     y_string, y_hat = groups.compress(exact.module("latent_codec.y"), exact(y), params)
@@ -28,7 +28,7 @@ def compress(ckpt: Checkpoint, x: torch.Tensor) -> dict:
 def decompress(ckpt: Checkpoint, streams: list, shape: torch.Size) -> dict:
     model, exact = ckpt.model, Exact(ckpt)
     z_hat = factorized.decompress(model.latent_codec["hyper"].entropy_bottleneck, streams[1], shape)
-    params = exact.module("latent_codec.hyper.h_s")(exact(z_hat))
+    params = exact.stack("latent_codec.hyper.h_s", z_hat)
     y_hat = groups.decompress(exact.module("latent_codec.y"), streams[0], params)
     y_hat = transforms_input(y_hat, model)
     return {"x_hat": model.g_s(y_hat).clamp_(0, 1), "y_hat": y_hat}

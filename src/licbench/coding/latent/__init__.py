@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from .layers import Convolutions, prepared
+
 FLOAT64 = torch.float64
 
 
@@ -66,3 +68,9 @@ class Exact:
     def module(self, name: str) -> torch.nn.Module:
         """A submodule of the float64 copy (dotted name), for coders that hold one."""
         return self.model.get_submodule(name)
+
+    def stack(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The float64 copy's stack of layers ``name`` (a hyper-synthesis) on
+        ``x`` made exact, its convolutions through numpy's BLAS
+        (latent/layers.py: ``Convolutions``, prepared once per checkpoint)."""
+        return prepared(Convolutions, self.module(name))(self(x))

@@ -55,7 +55,7 @@ class Pass:
         self.y_hat = torch.zeros((height + 2 * p, width + 2 * p, self.context.in_channels), dtype=FLOAT64)
         anchor = anchors(codec, height, width)
         self.positions = [anchor.nonzero().unbind(1), (~anchor).nonzero().unbind(1)]  # raster order
-        self.context_channels = self.context.weight.size(0)
+        self.context_channels = self.context.out_channels
 
     def parameters(self, first: bool):
         """(indexes, means, rows, cols): the CDF indexes and means (C x n) at

@@ -21,7 +21,7 @@ from .layers import Convolutions, prepared
 def side_parameters(codec, k: int, hyper: torch.Tensor, decoded: list[torch.Tensor]) -> torch.Tensor:
     if k == 0:
         return hyper
-    context = prepared(Convolutions, codec.channel_context[f"y{k}"], f"ELIC channel_context.y{k}")
+    context = prepared(Convolutions, codec.channel_context[f"y{k}"])
     return torch.cat((context(torch.cat(decoded, dim=1)), hyper), dim=1)
 
 

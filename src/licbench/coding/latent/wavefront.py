@@ -60,7 +60,7 @@ class WavefrontContext:
         self.pad = self.context.pad
         self.entropy_parameters = prepared(Pointwise, model.entropy_parameters, "mbt2018 entropy_parameters")
         self.gc = model.gaussian_conditional
-        params = exact.call("h_s", z_hat)  # 1 x 2M x H x W
+        params = exact.stack("h_s", z_hat)  # 1 x 2M x H x W
         self.params = params[0].permute(1, 2, 0).contiguous()  # H x W x 2M
         self.height, self.width = params.shape[-2:]
         p = self.pad  # row r, column c of the padded latent hold y_hat's (r - p, c - p)
