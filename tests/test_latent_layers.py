@@ -92,6 +92,15 @@ def test_masked_context_refuses_a_mask_that_differs_between_channels():
         MaskedContext(conv, "checkerboard context_prediction")
 
 
+@pytest.mark.parametrize("conv", [MaskedConv2d(4, 4, kernel_size=5, padding=2, groups=2),
+                                  MaskedConv2d(4, 4, kernel_size=5, padding=2, padding_mode="reflect"),
+                                  MaskedConv2d(4, 4, kernel_size=5, padding=1),
+                                  MaskedConv2d(4, 4, kernel_size=(5, 3), padding=(2, 1))])
+def test_masked_context_refuses_what_it_would_compute_wrongly(conv):
+    with pytest.raises(CheckpointError, match="context_prediction is not a masked 'same' convolution"):
+        MaskedContext(conv, "context_prediction")
+
+
 def test_numpy_blas_takes_torch_thread_count():
     threads = torch.get_num_threads()
     try:

@@ -70,8 +70,8 @@ class MaskedContext:
     def __init__(self, conv: torch.nn.Conv2d, what: str):
         mask = conv.mask
         kh, kw = conv.kernel_size
-        if ((mask != mask[:1, :1]).any() or conv.stride != (1, 1) or conv.dilation != (1, 1)
-                or conv.padding != (kh // 2, kw // 2)):
+        # One pad for rows and columns: a square kernel.
+        if (mask != mask[:1, :1]).any() or not _same(conv) or kh != kw:
             raise CheckpointError(f"{what} is not a masked 'same' convolution with one mask for every "
                                   "channel; the checkpoint is damaged")
         taps = mask[0, 0].nonzero()  # (T, 2): the kernel rows and columns the mask keeps
